@@ -1,0 +1,266 @@
+"""Header names, compact forms and typed header values (RFC 3261 §7.3, §20).
+
+Values are parsed only when a caller asks for them: a PUBLISH refresh never
+needs its Accept header parsed, so it never pays for it.
+"""
+
+from __future__ import annotations
+
+from presenced.sip.errors import SipParseError
+from presenced.sip.uri import parse_params, split_hostport, split_params
+
+# Canonical spelling for the headers we emit or look up; everything else is
+# kept as received. Keys are lower-case.
+_CANONICAL = {
+    "via": "Via",
+    "from": "From",
+    "to": "To",
+    "call-id": "Call-ID",
+    "cseq": "CSeq",
+    "contact": "Contact",
+    "expires": "Expires",
+    "min-expires": "Min-Expires",
+    "event": "Event",
+    "allow-events": "Allow-Events",
+    "subscription-state": "Subscription-State",
+    "sip-etag": "SIP-ETag",
+    "sip-if-match": "SIP-If-Match",
+    "content-type": "Content-Type",
+    "content-length": "Content-Length",
+    "content-encoding": "Content-Encoding",
+    "route": "Route",
+    "record-route": "Record-Route",
+    "max-forwards": "Max-Forwards",
+    "accept": "Accept",
+    "accept-encoding": "Accept-Encoding",
+    "allow": "Allow",
+    "supported": "Supported",
+    "require": "Require",
+    "proxy-require": "Proxy-Require",
+    "unsupported": "Unsupported",
+    "user-agent": "User-Agent",
+    "server": "Server",
+    "www-authenticate": "WWW-Authenticate",
+    "authorization": "Authorization",
+    "proxy-authorization": "Proxy-Authorization",
+    "retry-after": "Retry-After",
+    "subject": "Subject",
+    "refer-to": "Refer-To",
+    "referred-by": "Referred-By",
+    "p-asserted-identity": "P-Asserted-Identity",
+    "warning": "Warning",
+    "date": "Date",
+}
+
+COMPACT = {
+    "v": "via",
+    "f": "from",
+    "t": "to",
+    "i": "call-id",
+    "m": "contact",
+    "e": "content-encoding",
+    "l": "content-length",
+    "c": "content-type",
+    "s": "subject",
+    "k": "supported",
+    "o": "event",
+    "u": "allow-events",
+    "r": "refer-to",
+    "b": "referred-by",
+    "x": "session-expires",
+    "y": "identity",
+    "a": "accept-contact",
+    "j": "reject-contact",
+    "d": "request-disposition",
+}
+
+# Headers whose grammar is a comma-separated list (RFC 3261 §7.3.1).
+MULTI_VALUE = frozenset(
+    {
+        "via",
+        "contact",
+        "route",
+        "record-route",
+        "allow-events",
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "allow",
+        "supported",
+        "require",
+        "proxy-require",
+        "unsupported",
+        "content-encoding",
+        "in-reply-to",
+        "p-asserted-identity",
+        "path",
+        "service-route",
+    }
+)
+
+
+def normalize_name(name: str) -> str:
+    """Lower-case key for lookups; compact forms expanded."""
+    low = name.lower()
+    if len(low) == 1:
+        return COMPACT.get(low, low)
+    return low
+
+
+def canonical_name(key: str) -> str:
+    c = _CANONICAL.get(key)
+    if c is not None:
+        return c
+    return "-".join(p[:1].upper() + p[1:] for p in key.split("-"))
+
+
+def split_commas(value: str) -> list[str]:
+    """Split a list header on commas outside quotes and <...>."""
+    if "," not in value:
+        return [value.strip()] if value.strip() else []
+    out: list[str] = []
+    start = 0
+    in_q = False
+    in_angle = False
+    esc = False
+    for i, ch in enumerate(value):
+        if esc:
+            esc = False
+        elif in_q:
+            if ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_q = False
+        elif ch == '"':
+            in_q = True
+        elif ch == "<":
+            in_angle = True
+        elif ch == ">":
+            in_angle = False
+        elif ch == "," and not in_angle:
+            part = value[start:i].strip()
+            if part:
+                out.append(part)
+            start = i + 1
+    if in_q:
+        raise SipParseError("unterminated quoted string")
+    part = value[start:].strip()
+    if part:
+        out.append(part)
+    return out
+
+
+class Via:
+    __slots__ = ("raw", "protocol", "transport", "host", "port", "params")
+
+    def __init__(self, raw: str) -> None:
+        self.raw = raw
+        parts = split_params(raw)
+        sent = parts[0].strip()
+        # "SIP / 2.0 / UDP host:port" (LWS allowed around slashes)
+        slash = sent.split("/", 2)
+        if len(slash) != 3:
+            raise SipParseError("malformed Via sent-protocol")
+        proto = (slash[0].strip() + "/" + slash[1].strip()).upper()
+        tail = slash[2].strip()
+        sp = 0
+        while sp < len(tail) and tail[sp] not in " \t":
+            sp += 1
+        transport = tail[:sp].upper()
+        sent_by = tail[sp:].strip().replace(" ", "").replace("\t", "")
+        if proto != "SIP/2.0" or not transport or not sent_by:
+            raise SipParseError("malformed Via")
+        self.protocol = proto
+        self.transport = transport
+        self.host, self.port = split_hostport(sent_by, raw)
+        self.params = parse_params(parts[1:])
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    def __repr__(self) -> str:
+        return f"Via({self.raw!r})"
+
+
+class CSeq:
+    __slots__ = ("seq", "method")
+
+    def __init__(self, raw: str) -> None:
+        parts = raw.split()
+        if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 10:
+            raise SipParseError("malformed CSeq")
+        self.seq = int(parts[0])
+        if self.seq >= 2**31:
+            raise SipParseError("CSeq number out of range")
+        self.method = parts[1]
+
+
+class Event:
+    """`Event: presence.winfo;id=7` → package 'presence', template 'winfo'.
+
+    `name` is the full package name with template as Kamailio keys events
+    ('presence.winfo'); `params` keeps every parameter (id and package params
+    such as 'sla' or 'call-id').
+    """
+
+    __slots__ = ("raw", "name", "package", "template", "params")
+
+    def __init__(self, raw: str) -> None:
+        self.raw = raw
+        parts = split_params(raw)
+        name = parts[0].strip()
+        if not name or any(c in name for c in " \t,\"<>"):
+            raise SipParseError("malformed Event header")
+        self.name = name.lower()
+        dot = self.name.find(".")
+        if dot >= 0:
+            self.package, self.template = self.name[:dot], self.name[dot + 1 :]
+        else:
+            self.package, self.template = self.name, None
+        self.params = parse_params(parts[1:])
+
+    @property
+    def id(self) -> str | None:
+        return self.params.get("id")
+
+
+class SubscriptionState:
+    __slots__ = ("state", "params")
+
+    def __init__(self, raw: str) -> None:
+        parts = split_params(raw)
+        self.state = parts[0].strip().lower()
+        self.params = parse_params(parts[1:])
+
+    @property
+    def expires(self) -> int | None:
+        v = self.params.get("expires")
+        return int(v) if v and v.isdigit() else None
+
+    @property
+    def reason(self) -> str | None:
+        return self.params.get("reason")
+
+
+class ContentType:
+    __slots__ = ("raw", "mime", "params")
+
+    def __init__(self, raw: str) -> None:
+        self.raw = raw
+        parts = split_params(raw)
+        mime = parts[0].strip().lower().replace(" ", "")
+        if mime and ("/" not in mime or mime.startswith("/") or mime.endswith("/")):
+            raise SipParseError("malformed Content-Type")
+        self.mime = mime
+        self.params = parse_params(parts[1:])
+
+
+def parse_delta(value: str, name: str) -> int:
+    """Expires / Min-Expires / Max-Forwards value as a non-negative int."""
+    v = value.strip()
+    if not v.isdigit():
+        raise SipParseError(f"malformed {name} header")
+    n = int(v)
+    # RFC 3261 §20.19: values above 2**32-1 are treated as 2**32-1.
+    return min(n, 2**32 - 1)

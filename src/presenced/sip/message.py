@@ -1,0 +1,462 @@
+"""SIP requests and responses: parsing from bytes and serialising to bytes.
+
+Parsing splits the header block once into (name, value) pairs and an index
+keyed by lower-case name; typed views (Via, CSeq, Event, ...) are built on
+first access and cached. That keeps a PUBLISH refresh or a retransmission
+cheap: only the headers the server needs are ever interpreted.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from presenced.sip.errors import MessageTooLarge, SipParseError
+from presenced.sip.headers import (
+    MULTI_VALUE,
+    ContentType,
+    CSeq,
+    Event,
+    SubscriptionState,
+    Via,
+    canonical_name,
+    normalize_name,
+    parse_delta,
+    split_commas,
+)
+from presenced.sip.uri import NameAddr, SipURI, parse_name_addr, parse_uri
+
+MAX_HEADER_BYTES = 16 * 1024
+MAX_BODY_BYTES = 256 * 1024
+MAX_HEADERS = 200
+
+_TOKEN_EXTRA = set("-.!%*_+`'~")
+
+
+def is_token(s: str) -> bool:
+    if not s:
+        return False
+    for ch in s:
+        if not (ch.isascii() and (ch.isalnum() or ch in _TOKEN_EXTRA)):
+            return False
+    return True
+
+
+class Message:
+    """Common part of requests and responses."""
+
+    __slots__ = ("headers", "_index", "body", "_cache")
+
+    def __init__(self, headers: list[tuple[str, str]] | None = None, body: bytes = b"") -> None:
+        self.headers: list[tuple[str, str]] = headers if headers is not None else []
+        self.body = body
+        self._cache: dict[str, object] = {}
+        self._index: dict[str, list[str]] = {}
+        for name, value in self.headers:
+            self._index.setdefault(normalize_name(name), []).append(value)
+
+    # -- raw access -------------------------------------------------------
+    def get(self, name: str) -> str | None:
+        """First value of a header (the whole line for list headers)."""
+        vals = self._index.get(normalize_name(name))
+        return vals[0] if vals else None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value; list headers are split on commas."""
+        key = normalize_name(name)
+        vals = self._index.get(key)
+        if not vals:
+            return []
+        if key in MULTI_VALUE:
+            out: list[str] = []
+            for v in vals:
+                out.extend(split_commas(v))
+            return out
+        return list(vals)
+
+    def count(self, name: str) -> int:
+        return len(self._index.get(normalize_name(name), ()))
+
+    def has(self, name: str) -> bool:
+        return normalize_name(name) in self._index
+
+    def add_header(self, name: str, value: str) -> None:
+        self.headers.append((name, value))
+        self._index.setdefault(normalize_name(name), []).append(value)
+        self._cache.clear()
+
+    def set_header(self, name: str, value: str) -> None:
+        key = normalize_name(name)
+        self.headers = [(n, v) for n, v in self.headers if normalize_name(n) != key]
+        self.headers.append((name, value))
+        self._index[key] = [value]
+        self._cache.clear()
+
+    def _single(self, key: str) -> str:
+        vals = self._index.get(key)
+        if not vals:
+            raise SipParseError(f"missing {canonical_name(key)} header")
+        if len(vals) > 1 and key in ("call-id", "cseq", "from", "to", "max-forwards", "content-length"):
+            if any(v.strip() != vals[0].strip() for v in vals[1:]):
+                raise SipParseError(f"multiple {canonical_name(key)} headers")
+        return vals[0]
+
+    # -- typed accessors (lazy, cached) ------------------------------------
+    @property
+    def vias(self) -> list[Via]:
+        v = self._cache.get("via")
+        if v is None:
+            raw = self.get_all("via")
+            if not raw:
+                raise SipParseError("missing Via header")
+            v = [Via(x) for x in raw]
+            self._cache["via"] = v
+        return v  # type: ignore[return-value]
+
+    @property
+    def top_via(self) -> Via:
+        return self.vias[0]
+
+    @property
+    def call_id(self) -> str:
+        v = self._cache.get("call-id")
+        if v is None:
+            v = self._single("call-id").strip()
+            if not v or " " in v:
+                raise SipParseError("malformed Call-ID")
+            self._cache["call-id"] = v
+        return v  # type: ignore[return-value]
+
+    @property
+    def cseq(self) -> CSeq:
+        v = self._cache.get("cseq")
+        if v is None:
+            v = CSeq(self._single("cseq"))
+            self._cache["cseq"] = v
+        return v  # type: ignore[return-value]
+
+    @property
+    def from_(self) -> NameAddr:
+        v = self._cache.get("from")
+        if v is None:
+            v = parse_name_addr(self._single("from"))
+            self._cache["from"] = v
+        return v  # type: ignore[return-value]
+
+    @property
+    def to(self) -> NameAddr:
+        v = self._cache.get("to")
+        if v is None:
+            v = parse_name_addr(self._single("to"))
+            self._cache["to"] = v
+        return v  # type: ignore[return-value]
+
+    @property
+    def contacts(self) -> list[NameAddr]:
+        """Contact values; a lone `*` is returned as a NameAddr whose raw is '*'."""
+        v = self._cache.get("contact")
+        if v is None:
+            out = []
+            for raw in self.get_all("contact"):
+                if raw.strip() == "*":
+                    out.append(NameAddr(None, "*", {}, "*"))
+                else:
+                    out.append(parse_name_addr(raw))
+            v = out
+            self._cache["contact"] = v
+        return v  # type: ignore[return-value]
+
+    @property
+    def record_route(self) -> list[NameAddr]:
+        return [parse_name_addr(x) for x in self.get_all("record-route")]
+
+    @property
+    def route(self) -> list[NameAddr]:
+        return [parse_name_addr(x) for x in self.get_all("route")]
+
+    def _delta(self, key: str) -> int | None:
+        vals = self._index.get(key)
+        if not vals:
+            return None
+        return parse_delta(vals[0], canonical_name(key))
+
+    @property
+    def expires(self) -> int | None:
+        return self._delta("expires")
+
+    @property
+    def min_expires(self) -> int | None:
+        return self._delta("min-expires")
+
+    @property
+    def max_forwards(self) -> int | None:
+        v = self._delta("max-forwards")
+        if v is not None and v > 255:
+            raise SipParseError("Max-Forwards out of range")
+        return v
+
+    @property
+    def event(self) -> Event | None:
+        if "event" in self._cache:
+            return self._cache["event"]  # type: ignore[return-value]
+        vals = self._index.get("event")
+        if not vals:
+            ev = None
+        else:
+            if len(vals) > 1 or "," in vals[0]:
+                raise SipParseError("more than one Event header")
+            ev = Event(vals[0])
+        self._cache["event"] = ev
+        return ev
+
+    @property
+    def subscription_state(self) -> SubscriptionState | None:
+        v = self.get("subscription-state")
+        return SubscriptionState(v) if v is not None else None
+
+    @property
+    def sip_etag(self) -> str | None:
+        v = self.get("sip-etag")
+        return v.strip() if v is not None else None
+
+    @property
+    def sip_if_match(self) -> str | None:
+        vals = self._index.get("sip-if-match")
+        if not vals:
+            return None
+        if len(vals) > 1 or "," in vals[0] or " " in vals[0].strip():
+            raise SipParseError("SIP-If-Match must hold exactly one entity-tag")
+        v = vals[0].strip()
+        if not v:
+            raise SipParseError("empty SIP-If-Match")
+        return v
+
+    @property
+    def content_type(self) -> ContentType | None:
+        v = self.get("content-type")
+        if v is None or not v.strip():
+            return None
+        return ContentType(v)
+
+    @property
+    def accept(self) -> list[str] | None:
+        """Accepted MIME types (lower-case, params dropped); None when absent."""
+        if not self.has("accept"):
+            return None
+        return [x.split(";")[0].strip().lower() for x in self.get_all("accept")]
+
+    def option_tags(self, name: str) -> list[str]:
+        return [x.strip().lower() for x in self.get_all(name) if x.strip()]
+
+    # -- serialisation -----------------------------------------------------
+    def _start_line(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        """Serialise with a fresh Content-Length matching the body."""
+        lines = [self._start_line()]
+        for name, value in self.headers:
+            if normalize_name(name) == "content-length":
+                continue
+            lines.append(f"{name}: {value}")
+        lines.append(f"Content-Length: {len(self.body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + self.body
+
+
+class Request(Message):
+    __slots__ = ("method", "uri_text", "_uri")
+
+    def __init__(self, method: str, uri: str, headers: list[tuple[str, str]] | None = None, body: bytes = b"") -> None:
+        super().__init__(headers, body)
+        self.method = method
+        self.uri_text = uri
+        self._uri: SipURI | None = None
+
+    @property
+    def uri(self) -> SipURI:
+        if self._uri is None:
+            self._uri = parse_uri(self.uri_text)
+        return self._uri
+
+    def _start_line(self) -> str:
+        return f"{self.method} {self.uri_text} SIP/2.0"
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri_text}>"
+
+
+class Response(Message):
+    __slots__ = ("status", "reason")
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]] | None = None, body: bytes = b"") -> None:
+        super().__init__(headers, body)
+        self.status = status
+        self.reason = reason
+
+    def _start_line(self) -> str:
+        return f"SIP/2.0 {self.status} {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"
+
+
+def _decode(head: bytes) -> str:
+    try:
+        return head.decode("utf-8")
+    except UnicodeDecodeError:
+        return head.decode("utf-8", "surrogateescape")
+
+
+def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
+    """Parse one message.
+
+    `stream=False` is datagram framing (RFC 3261 §18.3): a missing
+    Content-Length means the body runs to the end of the datagram, a larger
+    one is an error, a smaller one truncates. With `stream=True` the framer
+    has already cut the message at Content-Length.
+    """
+    # Leading CRLFs before a message are allowed (§7.5).
+    start = 0
+    n = len(data)
+    while start < n and data[start] in (13, 10):
+        start += 1
+    end = data.find(b"\r\n\r\n", start)
+    if end >= 0:
+        body_start = end + 4
+    else:
+        end = data.find(b"\n\n", start)
+        if end >= 0:
+            body_start = end + 2
+        else:
+            end = len(data)
+            while end > start and data[end - 1] in (13, 10):
+                end -= 1
+            body_start = len(data)
+    if end - start > MAX_HEADER_BYTES:
+        raise MessageTooLarge("Message Too Large (headers)")
+    head = _decode(data[start:end])
+    if "\r" in head:
+        head = head.replace("\r\n", "\n")
+    lines = head.split("\n")
+    if not lines or not lines[0]:
+        raise SipParseError("empty message")
+    first = lines[0]
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        c = line[0]
+        if c == " " or c == "\t":
+            if not headers:
+                raise SipParseError("continuation line before first header")
+            name, value = headers[-1]
+            headers[-1] = (name, value + " " + line.strip())
+            continue
+        colon = line.find(":")
+        if colon <= 0:
+            raise SipParseError(f"malformed header line '{line[:40]}'")
+        name = line[:colon].rstrip()
+        if not is_token(name):
+            raise SipParseError(f"malformed header name '{name[:40]}'")
+        headers.append((name, line[colon + 1 :].strip()))
+    if len(headers) > MAX_HEADERS:
+        raise MessageTooLarge("Message Too Large (too many headers)")
+
+    body = data[body_start:]
+    msg: Request | Response
+    if first.startswith("SIP/"):
+        parts = first.split(" ", 2)
+        if len(parts) < 2 or parts[0].upper() != "SIP/2.0" or not parts[1].isdigit() or len(parts[1]) != 3:
+            raise SipParseError("malformed status line", status=0)
+        status = int(parts[1])
+        if status < 100 or status > 699:
+            raise SipParseError("status code out of range", status=0)
+        msg = Response(status, parts[2] if len(parts) > 2 else "", headers)
+    else:
+        parts = first.split(" ")
+        if len(parts) != 3:
+            parts = first.split()
+            if len(parts) != 3:
+                raise SipParseError("malformed request line")
+        method, uri, version = parts
+        if not is_token(method):
+            raise SipParseError("malformed method")
+        if version.upper() != "SIP/2.0":
+            if version.upper().startswith("SIP/"):
+                raise SipParseError("Version Not Supported", status=505)
+            raise SipParseError("malformed request line")
+        if not uri or ":" not in uri or "<" in uri or ">" in uri:
+            raise SipParseError("malformed Request-URI")
+        msg = Request(method, uri, headers)
+
+    cl_vals = msg._index.get("content-length")
+    if cl_vals:
+        cl_raw = cl_vals[0].strip()
+        if not cl_raw.isdigit():
+            raise SipParseError("malformed Content-Length")
+        cl = int(cl_raw)
+        if cl > MAX_BODY_BYTES:
+            raise MessageTooLarge("Message Too Large (body)")
+        if len(body) < cl:
+            raise SipParseError("Content-Length larger than message")
+        body = body[:cl]
+    elif stream:
+        raise SipParseError("missing Content-Length on a stream transport")
+    elif len(body) > MAX_BODY_BYTES:
+        raise MessageTooLarge("Message Too Large (body)")
+    msg.body = body
+    return msg
+
+
+def check_request(req: Request) -> None:
+    """Mandatory headers of a request (RFC 3261 §8.1.1); raises with the reason."""
+    req.top_via  # noqa: B018 - raises when missing/malformed
+    req.call_id  # noqa: B018
+    cseq = req.cseq
+    if cseq.method != req.method:
+        raise SipParseError("CSeq method does not match the request method")
+    req.from_  # noqa: B018
+    req.to  # noqa: B018
+    req.max_forwards  # noqa: B018
+
+
+def build_response(
+    req: Request,
+    status: int,
+    reason: str,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+    to_tag: str | None = None,
+) -> bytes:
+    """Serialise a response to `req` (RFC 3261 §8.2.6.2).
+
+    Via, From, Call-ID and CSeq are copied verbatim; To gets `to_tag` when the
+    request had none and the status is not 100.
+    """
+    lines = [f"SIP/2.0 {status} {reason}"]
+    idx = req._index
+    for v in idx.get("via", ()):
+        lines.append("Via: " + v)
+    for v in idx.get("from", ()):
+        lines.append("From: " + v)
+        break
+    to = idx.get("to")
+    if to:
+        tv = to[0]
+        if to_tag and status > 100:
+            try:
+                has_tag = req.to.tag is not None
+            except SipParseError:
+                has_tag = True
+            if not has_tag:
+                tv = f"{tv};tag={to_tag}"
+        lines.append("To: " + tv)
+    for v in idx.get("call-id", ()):
+        lines.append("Call-ID: " + v)
+        break
+    for v in idx.get("cseq", ()):
+        lines.append("CSeq: " + v)
+        break
+    for name, value in headers:
+        lines.append(f"{name}: {value}")
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + body

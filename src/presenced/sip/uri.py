@@ -1,0 +1,310 @@
+"""SIP/SIPS/TEL/PRES URIs (RFC 3261 §19.1) and their comparison rules (§19.1.4).
+
+Presence keys its state by URI, so URI comparison is correctness, not
+cosmetics: `sip:alice@EXAMPLE.com` and `sip:alice@example.com` are one
+presentity, `sip:Alice@example.com` is another.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+from presenced.sip.errors import SipParseError
+
+_STRICT_PARAMS = ("user", "ttl", "method", "maddr", "transport")
+
+
+def split_params(text: str, sep: str = ";") -> list[str]:
+    """Split on `sep` outside double quotes (header params may hold quoted strings)."""
+    if '"' not in text:
+        return text.split(sep)
+    out: list[str] = []
+    cur: list[str] = []
+    in_q = False
+    esc = False
+    for ch in text:
+        if esc:
+            cur.append(ch)
+            esc = False
+            continue
+        if in_q and ch == "\\":
+            cur.append(ch)
+            esc = True
+            continue
+        if ch == '"':
+            in_q = not in_q
+        elif ch == sep and not in_q:
+            out.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    if in_q:
+        raise SipParseError("unterminated quoted string")
+    out.append("".join(cur))
+    return out
+
+
+def parse_params(parts: list[str]) -> dict[str, str | None]:
+    """`name[=value]` pieces into an ordered dict with lower-case names."""
+    params: dict[str, str | None] = {}
+    for p in parts:
+        p = p.strip()
+        if not p:
+            continue
+        eq = p.find("=")
+        if eq < 0:
+            params[p.lower()] = None
+        else:
+            params[p[:eq].strip().lower()] = p[eq + 1 :].strip()
+    return params
+
+
+def format_params(params: dict[str, str | None]) -> str:
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+
+
+class SipURI:
+    """A parsed URI. `raw` is kept so re-serialisation is byte-exact."""
+
+    __slots__ = ("raw", "scheme", "user", "password", "host", "port", "params", "headers")
+
+    def __init__(
+        self,
+        scheme: str,
+        user: str | None,
+        host: str,
+        port: int | None = None,
+        params: dict[str, str | None] | None = None,
+        headers: str | None = None,
+        password: str | None = None,
+        raw: str | None = None,
+    ) -> None:
+        self.scheme = scheme
+        self.user = user
+        self.password = password
+        self.host = host
+        self.port = port
+        self.params = params if params is not None else {}
+        self.headers = headers
+        self.raw = raw if raw is not None else self._build()
+
+    def _build(self) -> str:
+        s = self.scheme + ":"
+        if self.user is not None:
+            s += self.user
+            if self.password is not None:
+                s += ":" + self.password
+            s += "@"
+        s += self.host
+        if self.port is not None:
+            s += f":{self.port}"
+        s += format_params(self.params)
+        if self.headers:
+            s += "?" + self.headers
+        return s
+
+    def __str__(self) -> str:
+        return self.raw
+
+    def __repr__(self) -> str:
+        return f"SipURI({self.raw!r})"
+
+    @property
+    def transport(self) -> str | None:
+        t = self.params.get("transport")
+        return t.lower() if t else None
+
+    def aor(self) -> str:
+        """Address-of-record key: scheme:user@host[:port] with the case-insensitive parts folded.
+
+        `pres:` is treated as `sip:` (RFC 3856 §5), sips stays distinct.
+        """
+        scheme = "sip" if self.scheme in ("pres", "im") else self.scheme
+        if scheme == "tel":
+            return "tel:" + self.host
+        user = unquote(self.user) if self.user is not None else None
+        s = scheme + ":" + (user + "@" if user is not None else "") + self.host.lower()
+        if self.port is not None:
+            s += f":{self.port}"
+        return s
+
+    def equals(self, other: SipURI) -> bool:
+        """RFC 3261 §19.1.4 comparison."""
+        if self.scheme != other.scheme:
+            return False
+        if self.scheme == "tel":
+            return self.host.replace("-", "").replace(".", "") == other.host.replace("-", "").replace(".", "")
+        if (unquote(self.user) if self.user else self.user) != (unquote(other.user) if other.user else other.user):
+            return False
+        if self.password != other.password:
+            return False
+        if self.host.lower() != other.host.lower() or self.port != other.port:
+            return False
+        for name in _STRICT_PARAMS:
+            a, b = self.params.get(name), other.params.get(name)
+            if (name in self.params) != (name in other.params):
+                return False
+            if a is not None and b is not None and a.lower() != b.lower():
+                return False
+        for name, a in self.params.items():
+            if name in other.params:
+                b = other.params[name]
+                if (a or "").lower() != (b or "").lower():
+                    return False
+        return (self.headers or "") == (other.headers or "")
+
+
+def parse_uri(text: str) -> SipURI:
+    text = text.strip()
+    colon = text.find(":")
+    if colon <= 0:
+        raise SipParseError(f"invalid URI '{text[:60]}'")
+    scheme = text[:colon].lower()
+    if not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
+        raise SipParseError(f"invalid URI scheme in '{text[:60]}'")
+    rest = text[colon + 1 :]
+    if scheme not in ("sip", "sips", "pres", "im"):
+        if scheme == "tel":
+            parts = rest.split(";")
+            return SipURI("tel", None, parts[0], None, parse_params(parts[1:]), raw=text)
+        # Absolute URI we do not interpret (e.g. http:), kept opaque.
+        return SipURI(scheme, None, rest, raw=text)
+    headers = None
+    q = rest.find("?")
+    if q >= 0:
+        headers = rest[q + 1 :]
+        rest = rest[:q]
+    user = password = None
+    at = rest.rfind("@")
+    if at >= 0:
+        userinfo = rest[:at]
+        rest = rest[at + 1 :]
+        pc = userinfo.find(":")
+        if pc >= 0:
+            user, password = userinfo[:pc], userinfo[pc + 1 :]
+        else:
+            user = userinfo
+        if not user:
+            raise SipParseError(f"empty user part in URI '{text[:60]}'")
+    semi = rest.find(";")
+    hostport = rest if semi < 0 else rest[:semi]
+    params = parse_params(rest[semi + 1 :].split(";")) if semi >= 0 else {}
+    host, port = split_hostport(hostport, text)
+    return SipURI(scheme, user, host, port, params, headers, password, raw=text)
+
+
+def split_hostport(hostport: str, context: str = "") -> tuple[str, int | None]:
+    if not hostport:
+        raise SipParseError(f"missing host in '{(context or hostport)[:60]}'")
+    if hostport[0] == "[":
+        end = hostport.find("]")
+        if end < 0:
+            raise SipParseError(f"unterminated IPv6 reference in '{(context or hostport)[:60]}'")
+        host = hostport[: end + 1]
+        tail = hostport[end + 1 :]
+        if not tail:
+            return host, None
+        if tail[0] != ":":
+            raise SipParseError(f"garbage after IPv6 reference in '{(context or hostport)[:60]}'")
+        port_s = tail[1:]
+    else:
+        c = hostport.rfind(":")
+        if c < 0:
+            host, port_s = hostport, None
+        else:
+            host, port_s = hostport[:c], hostport[c + 1 :]
+        if not host or any(ch in host for ch in ' <>"'):
+            raise SipParseError(f"invalid host in '{(context or hostport)[:60]}'")
+        if port_s is None:
+            return host, None
+    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise SipParseError(f"invalid port in '{(context or hostport)[:60]}'")
+    return host, int(port_s)
+
+
+class NameAddr:
+    """`"Display" <uri>;params` or bare addr-spec; used by From/To/Contact/Route."""
+
+    __slots__ = ("display", "params", "raw", "_uri_text", "_parsed_uri")
+
+    def __init__(self, display: str | None, uri_text: str, params: dict[str, str | None], raw: str) -> None:
+        self.display = display
+        self._uri_text = uri_text
+        self._parsed_uri: SipURI | None = None
+        self.params = params
+        self.raw = raw
+
+    @property
+    def uri(self) -> SipURI:
+        if self._parsed_uri is None:
+            self._parsed_uri = parse_uri(self._uri_text)
+        return self._parsed_uri
+
+    @property
+    def uri_text(self) -> str:
+        return self._uri_text
+
+    @property
+    def tag(self) -> str | None:
+        return self.params.get("tag")
+
+    def __str__(self) -> str:
+        return self.raw
+
+    def __repr__(self) -> str:
+        return f"NameAddr({self.raw!r})"
+
+
+def parse_name_addr(text: str) -> NameAddr:
+    raw = text.strip()
+    if not raw:
+        raise SipParseError("empty address")
+    lt = raw.find("<")
+    if raw[0] == '"':
+        # quoted display name, with escapes
+        i = 1
+        n = len(raw)
+        buf = []
+        while i < n:
+            ch = raw[i]
+            if ch == "\\" and i + 1 < n:
+                buf.append(raw[i + 1])
+                i += 2
+                continue
+            if ch == '"':
+                break
+            buf.append(ch)
+            i += 1
+        else:
+            raise SipParseError("unterminated display name")
+        display = "".join(buf)
+        lt = raw.find("<", i + 1)
+        if lt < 0:
+            raise SipParseError("display name without <uri>")
+    elif lt >= 0:
+        display = raw[:lt].strip() or None
+    else:
+        display = None
+    if lt >= 0:
+        gt = raw.find(">", lt)
+        if gt < 0:
+            raise SipParseError("unterminated <uri>")
+        uri_text = raw[lt + 1 : gt].strip()
+        rest = raw[gt + 1 :].strip()
+        if rest and rest[0] != ";":
+            raise SipParseError(f"garbage after <uri>: '{rest[:40]}'")
+        params = parse_params(split_params(rest[1:])) if rest else {}
+    else:
+        # addr-spec: params after the URI belong to the header, not the URI.
+        semi = raw.find(";")
+        if semi >= 0:
+            uri_text = raw[:semi].strip()
+            params = parse_params(split_params(raw[semi + 1 :]))
+        else:
+            uri_text = raw
+            params = {}
+        if " " in uri_text or "," in uri_text:
+            raise SipParseError(f"invalid address '{raw[:60]}'")
+    if not uri_text or ":" not in uri_text:
+        raise SipParseError(f"invalid URI in address '{raw[:60]}'")
+    return NameAddr(display, uri_text, params, raw)
