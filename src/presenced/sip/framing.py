@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from presenced.sip.errors import MessageTooLarge, SipParseError
-from presenced.sip.message import MAX_BODY_BYTES, MAX_HEADER_BYTES
+from presenced.sip.message import MAX_BODY_BYTES, MAX_HEADER_BYTES, _header_end
 
 _CL_RE = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\S*)", re.IGNORECASE | re.MULTILINE)
 
@@ -57,11 +57,7 @@ class StreamFramer:
                     i += 1
                 del buf[:i]
                 continue
-            end = buf.find(b"\r\n\r\n")
-            sep = 4
-            if end < 0:
-                end = buf.find(b"\n\n")
-                sep = 2
+            end, body_start = _header_end(buf, 0)
             if end < 0:
                 if len(buf) > self.max_header:
                     raise MessageTooLarge("Message Too Large (headers)")
@@ -69,16 +65,18 @@ class StreamFramer:
             if end > self.max_header:
                 raise MessageTooLarge("Message Too Large (headers)")
             head = bytes(buf[:end])
-            m = _CL_RE.search(head)
-            if m is None:
+            found = _CL_RE.findall(head)
+            if not found:
                 raise SipParseError("missing Content-Length on a stream transport")
-            raw = m.group(1)
+            raw = found[0]
             if not raw.isdigit():
                 raise SipParseError("malformed Content-Length")
+            if any(v != raw for v in found[1:]):
+                raise SipParseError("multiple Content-Length values")
             length = int(raw)
             if length > self.max_body:
                 raise MessageTooLarge("Message Too Large (body)")
-            total = end + sep + length
+            total = body_start + length
             if len(buf) < total:
                 break
             out.append(bytes(buf[:total]))

@@ -6,6 +6,8 @@ needs its Accept header parsed, so it never pays for it.
 
 from __future__ import annotations
 
+import re
+
 from presenced.sip.errors import SipParseError
 from presenced.sip.uri import parse_params, split_hostport, split_params
 
@@ -99,6 +101,13 @@ MULTI_VALUE = frozenset(
 )
 
 
+_LWS_COLON = re.compile(r"[ \t]*:[ \t]*")
+
+
+def _is_digits(s: str) -> bool:
+    return s.isascii() and s.isdigit()
+
+
 def normalize_name(name: str) -> str:
     """Lower-case key for lookups; compact forms expanded."""
     low = name.lower()
@@ -167,8 +176,9 @@ class Via:
         while sp < len(tail) and tail[sp] not in " \t":
             sp += 1
         transport = tail[:sp].upper()
-        sent_by = tail[sp:].strip().replace(" ", "").replace("\t", "")
-        if proto != "SIP/2.0" or not transport or not sent_by:
+        # LWS is allowed around the ':' of sent-by, nowhere else.
+        sent_by = _LWS_COLON.sub(":", tail[sp:].strip())
+        if proto != "SIP/2.0" or not transport or not sent_by or any(c in sent_by for c in " \t"):
             raise SipParseError("malformed Via")
         self.protocol = proto
         self.transport = transport
@@ -188,7 +198,7 @@ class CSeq:
 
     def __init__(self, raw: str) -> None:
         parts = raw.split()
-        if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 10:
+        if len(parts) != 2 or not _is_digits(parts[0]) or len(parts[0]) > 10:
             raise SipParseError("malformed CSeq")
         self.seq = int(parts[0])
         if self.seq >= 2**31:
@@ -236,7 +246,7 @@ class SubscriptionState:
     @property
     def expires(self) -> int | None:
         v = self.params.get("expires")
-        return int(v) if v and v.isdigit() else None
+        return int(v) if v and _is_digits(v) else None
 
     @property
     def reason(self) -> str | None:
@@ -259,7 +269,7 @@ class ContentType:
 def parse_delta(value: str, name: str) -> int:
     """Expires / Min-Expires / Max-Forwards value as a non-negative int."""
     v = value.strip()
-    if not v.isdigit():
+    if not _is_digits(v):
         raise SipParseError(f"malformed {name} header")
     n = int(v)
     # RFC 3261 §20.19: values above 2**32-1 are treated as 2**32-1.

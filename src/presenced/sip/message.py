@@ -32,6 +32,22 @@ MAX_HEADERS = 200
 _TOKEN_EXTRA = set("-.!%*_+`'~")
 
 
+def is_digits(s: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²' and '١', which int() rejects or misreads."""
+    return s.isascii() and s.isdigit()
+
+
+def _header_end(data: bytes, start: int) -> tuple[int, int]:
+    """(end of header block, start of body), or (-1, -1); the earliest of CRLFCRLF and bare LFLF."""
+    crlf = data.find(b"\r\n\r\n", start)
+    lf = data.find(b"\n\n", start, crlf + 2 if crlf >= 0 else len(data))
+    if lf >= 0 and (crlf < 0 or lf < crlf):
+        return lf, lf + 2
+    if crlf >= 0:
+        return crlf, crlf + 4
+    return -1, -1
+
+
 def is_token(s: str) -> bool:
     if not s:
         return False
@@ -319,18 +335,12 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     n = len(data)
     while start < n and data[start] in (13, 10):
         start += 1
-    end = data.find(b"\r\n\r\n", start)
-    if end >= 0:
-        body_start = end + 4
-    else:
-        end = data.find(b"\n\n", start)
-        if end >= 0:
-            body_start = end + 2
-        else:
-            end = len(data)
-            while end > start and data[end - 1] in (13, 10):
-                end -= 1
-            body_start = len(data)
+    end, body_start = _header_end(data, start)
+    if end < 0:
+        end = len(data)
+        while end > start and data[end - 1] in (13, 10):
+            end -= 1
+        body_start = len(data)
     if end - start > MAX_HEADER_BYTES:
         raise MessageTooLarge("Message Too Large (headers)")
     head = _decode(data[start:end])
@@ -349,7 +359,9 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
             if not headers:
                 raise SipParseError("continuation line before first header")
             name, value = headers[-1]
-            headers[-1] = (name, value + " " + line.strip())
+            more = line.strip()
+            if more:
+                headers[-1] = (name, value + " " + more if value else more)
             continue
         colon = line.find(":")
         if colon <= 0:
@@ -363,9 +375,12 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
 
     body = data[body_start:]
     msg: Request | Response
-    if first.startswith("SIP/"):
+    # A response is never answered, so its parse errors carry status 0.
+    err_status = 400
+    if first[:4].upper() == "SIP/":
+        err_status = 0
         parts = first.split(" ", 2)
-        if len(parts) < 2 or parts[0].upper() != "SIP/2.0" or not parts[1].isdigit() or len(parts[1]) != 3:
+        if len(parts) < 2 or parts[0].upper() != "SIP/2.0" or not is_digits(parts[1]) or len(parts[1]) != 3:
             raise SipParseError("malformed status line", status=0)
         status = int(parts[1])
         if status < 100 or status > 699:
@@ -391,16 +406,19 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     cl_vals = msg._index.get("content-length")
     if cl_vals:
         cl_raw = cl_vals[0].strip()
-        if not cl_raw.isdigit():
-            raise SipParseError("malformed Content-Length")
+        if not is_digits(cl_raw):
+            raise SipParseError("malformed Content-Length", err_status)
+        if any(v.strip() != cl_raw for v in cl_vals[1:]):
+            # RFC 4475 'mcl01': there is no way to know where the body ends.
+            raise SipParseError("multiple Content-Length values", err_status)
         cl = int(cl_raw)
         if cl > MAX_BODY_BYTES:
             raise MessageTooLarge("Message Too Large (body)")
         if len(body) < cl:
-            raise SipParseError("Content-Length larger than message")
+            raise SipParseError("Content-Length larger than message", err_status)
         body = body[:cl]
     elif stream:
-        raise SipParseError("missing Content-Length on a stream transport")
+        raise SipParseError("missing Content-Length on a stream transport", err_status)
     elif len(body) > MAX_BODY_BYTES:
         raise MessageTooLarge("Message Too Large (body)")
     msg.body = body
@@ -409,6 +427,10 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
 
 def check_request(req: Request) -> None:
     """Mandatory headers of a request (RFC 3261 §8.1.1); raises with the reason."""
+    uri = req.uri  # raises when malformed (e.g. IPv6 reference without ']')
+    if uri.scheme in ("sip", "sips") and uri.headers is not None:
+        # RFC 3261 §19.1.5 / RFC 4475 §3.1.2.10: headers are not allowed in a Request-URI.
+        raise SipParseError("header component not allowed in Request-URI")
     req.top_via  # noqa: B018 - raises when missing/malformed
     req.call_id  # noqa: B018
     cseq = req.cseq

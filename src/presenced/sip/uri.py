@@ -13,6 +13,50 @@ from presenced.sip.errors import SipParseError
 
 _STRICT_PARAMS = ("user", "ttl", "method", "maddr", "transport")
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+# RFC 3261 §25.1 `unreserved`: these are equivalent to their %HEX HEX form.
+_UNRESERVED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()")
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
+_IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")
+# RFC 2616 `separators` minus whitespace: not allowed in an unquoted display name.
+_DISPLAY_SEPARATORS = frozenset('()<>@,;:\\"/[]?={}')
+
+
+def _norm_escapes(s: str) -> str:
+    """Decode %HEX HEX of unreserved characters, upper-case the hex of the rest.
+
+    RFC 3261 §19.1.4: characters other than those in the reserved set are
+    equivalent to their escaped form; reserved ones are not.
+    """
+    if "%" not in s:
+        return s
+    out: list[str] = []
+    i = 0
+    n = len(s)
+    while i < n:
+        ch = s[i]
+        if ch == "%" and i + 2 < n and s[i + 1] in _HEX and s[i + 2] in _HEX:
+            hx = s[i + 1 : i + 3]
+            c = chr(int(hx, 16))
+            out.append(c if c in _UNRESERVED else "%" + hx.upper())
+            i += 3
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _uri_headers(headers: str | None) -> frozenset[tuple[str, str]]:
+    """`?a=b&c=d` as an order-free set of (name folded, value) pairs."""
+    if not headers:
+        return frozenset()
+    out = set()
+    for h in headers.split("&"):
+        eq = h.find("=")
+        name, value = (h, "") if eq < 0 else (h[:eq], h[eq + 1 :])
+        out.add((_norm_escapes(name).lower(), _norm_escapes(value)))
+    return frozenset(out)
+
 
 def split_params(text: str, sep: str = ";") -> list[str]:
     """Split on `sep` outside double quotes (header params may hold quoted strings)."""
@@ -49,13 +93,12 @@ def parse_params(parts: list[str]) -> dict[str, str | None]:
     params: dict[str, str | None] = {}
     for p in parts:
         p = p.strip()
-        if not p:
-            continue
         eq = p.find("=")
-        if eq < 0:
-            params[p.lower()] = None
-        else:
-            params[p[:eq].strip().lower()] = p[eq + 1 :].strip()
+        name = (p if eq < 0 else p[:eq]).strip()
+        # `;;`, `;=x` and a trailing `;` are not generic-params (RFC 4475 §3.1.2.1).
+        if not name or any(c in name for c in ' \t"'):
+            raise SipParseError("empty or malformed parameter")
+        params[name.lower()] = None if eq < 0 else p[eq + 1 :].strip()
     return params
 
 
@@ -134,24 +177,30 @@ class SipURI:
             return False
         if self.scheme == "tel":
             return self.host.replace("-", "").replace(".", "") == other.host.replace("-", "").replace(".", "")
-        if (unquote(self.user) if self.user else self.user) != (unquote(other.user) if other.user else other.user):
+        if self.scheme not in ("sip", "sips", "pres", "im"):
+            return self.raw == other.raw
+        # userinfo is case-sensitive; unreserved escapes equal their characters.
+        if _opt_norm(self.user) != _opt_norm(other.user):
             return False
-        if self.password != other.password:
+        if _opt_norm(self.password) != _opt_norm(other.password):
             return False
         if self.host.lower() != other.host.lower() or self.port != other.port:
             return False
+        mine = {_norm_escapes(k).lower(): v for k, v in self.params.items()}
+        theirs = {_norm_escapes(k).lower(): v for k, v in other.params.items()}
         for name in _STRICT_PARAMS:
-            a, b = self.params.get(name), other.params.get(name)
-            if (name in self.params) != (name in other.params):
+            if (name in mine) != (name in theirs):
                 return False
-            if a is not None and b is not None and a.lower() != b.lower():
-                return False
-        for name, a in self.params.items():
-            if name in other.params:
-                b = other.params[name]
-                if (a or "").lower() != (b or "").lower():
+        for name, a in mine.items():
+            if name in theirs:
+                b = theirs[name]
+                if _norm_escapes(a or "").lower() != _norm_escapes(b or "").lower():
                     return False
-        return (self.headers or "") == (other.headers or "")
+        return _uri_headers(self.headers) == _uri_headers(other.headers)
+
+
+def _opt_norm(s: str | None) -> str | None:
+    return None if s is None else _norm_escapes(s)
 
 
 def parse_uri(text: str) -> SipURI:
@@ -163,19 +212,18 @@ def parse_uri(text: str) -> SipURI:
     if not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
         raise SipParseError(f"invalid URI scheme in '{text[:60]}'")
     rest = text[colon + 1 :]
+    if any(ch <= " " or ch == "\x7f" for ch in text):
+        raise SipParseError(f"whitespace or control character in URI '{text[:60]}'")
     if scheme not in ("sip", "sips", "pres", "im"):
         if scheme == "tel":
             parts = rest.split(";")
             return SipURI("tel", None, parts[0], None, parse_params(parts[1:]), raw=text)
         # Absolute URI we do not interpret (e.g. http:), kept opaque.
         return SipURI(scheme, None, rest, raw=text)
-    headers = None
-    q = rest.find("?")
-    if q >= 0:
-        headers = rest[q + 1 :]
-        rest = rest[:q]
+    # The userinfo may hold '?' and ';' (RFC 3261 user-unreserved) but never a
+    # raw '@', so cut it off before looking for headers and parameters.
     user = password = None
-    at = rest.rfind("@")
+    at = rest.find("@")
     if at >= 0:
         userinfo = rest[:at]
         rest = rest[at + 1 :]
@@ -186,6 +234,11 @@ def parse_uri(text: str) -> SipURI:
             user = userinfo
         if not user:
             raise SipParseError(f"empty user part in URI '{text[:60]}'")
+    headers = None
+    q = rest.find("?")
+    if q >= 0:
+        headers = rest[q + 1 :]
+        rest = rest[:q]
     semi = rest.find(";")
     hostport = rest if semi < 0 else rest[:semi]
     params = parse_params(rest[semi + 1 :].split(";")) if semi >= 0 else {}
@@ -201,6 +254,9 @@ def split_hostport(hostport: str, context: str = "") -> tuple[str, int | None]:
         if end < 0:
             raise SipParseError(f"unterminated IPv6 reference in '{(context or hostport)[:60]}'")
         host = hostport[: end + 1]
+        inner = host[1:-1]
+        if ":" not in inner or any(ch not in _IPV6_CHARS for ch in inner):
+            raise SipParseError(f"invalid IPv6 reference in '{(context or hostport)[:60]}'")
         tail = hostport[end + 1 :]
         if not tail:
             return host, None
@@ -213,11 +269,12 @@ def split_hostport(hostport: str, context: str = "") -> tuple[str, int | None]:
             host, port_s = hostport, None
         else:
             host, port_s = hostport[:c], hostport[c + 1 :]
-        if not host or any(ch in host for ch in ' <>"'):
+        # A ':' left in the host is an IPv6 address without [] (RFC 5118 §4.3).
+        if not host or any(ch not in _HOST_CHARS for ch in host):
             raise SipParseError(f"invalid host in '{(context or hostport)[:60]}'")
         if port_s is None:
             return host, None
-    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+    if not (port_s.isascii() and port_s.isdigit()) or len(port_s) > 5 or not 0 < int(port_s) < 65536:
         raise SipParseError(f"invalid port in '{(context or hostport)[:60]}'")
     return host, int(port_s)
 
@@ -283,6 +340,10 @@ def parse_name_addr(text: str) -> NameAddr:
             raise SipParseError("display name without <uri>")
     elif lt >= 0:
         display = raw[:lt].strip() or None
+        # Unquoted display names are tokens (RFC 4475 §3.1.2.15 'baddn').
+        # Non-ASCII is tolerated: many UAs send UTF-8 names unquoted.
+        if display is not None and any(c in _DISPLAY_SEPARATORS for c in display):
+            raise SipParseError(f"display name must be quoted: '{display[:40]}'")
     else:
         display = None
     if lt >= 0:
@@ -303,8 +364,9 @@ def parse_name_addr(text: str) -> NameAddr:
         else:
             uri_text = raw
             params = {}
-        if " " in uri_text or "," in uri_text:
-            raise SipParseError(f"invalid address '{raw[:60]}'")
+        # A URI with ',', '?' or ';' must be in name-addr form (RFC 3261 §20.10).
+        if any(c in uri_text for c in " \t,?"):
+            raise SipParseError(f"invalid address '{raw[:60]}' (URI must be enclosed in <>)")
     if not uri_text or ":" not in uri_text:
         raise SipParseError(f"invalid URI in address '{raw[:60]}'")
     return NameAddr(display, uri_text, params, raw)

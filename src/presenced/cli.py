@@ -1,0 +1,115 @@
+"""Command line: `presenced serve|config ...`.
+
+Configuration mistakes exit with status 2 and one line naming the field, so
+a wrapper script or a unit file fails loudly and readably.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import click
+
+from presenced import __version__
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"presenced: {msg}", err=True)
+    sys.exit(2)
+
+
+def _load(config_file, listen, db_url, sets, log_level):
+    from presenced.config import ConfigError, load_config
+
+    overrides: dict[str, object] = {}
+    if listen:
+        overrides["listen.addresses"] = list(listen)
+    if db_url:
+        overrides["db.url"] = db_url
+    if log_level:
+        overrides["log.level"] = log_level.lower()
+    try:
+        return load_config(config_file, list(sets), overrides)
+    except ConfigError as e:
+        _fail(str(e))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="presenced")
+def main() -> None:
+    """presenced — a SIP presence server (PUBLISH, SUBSCRIBE/NOTIFY)."""
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML configuration file.")
+@click.option("--listen", multiple=True, metavar="PROTO:HOST:PORT", help="Listen address (repeatable); udp or tcp.")
+@click.option("--db-url", metavar="URL", help="memory, sqlite:///path, postgresql://..., mysql://...")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.PARAM=VALUE", help="Override a parameter (Kamailio names).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+def serve(config_file, listen, db_url, sets, log_level) -> None:
+    """Run the server in the foreground until SIGTERM/SIGINT."""
+    cfg = _load(config_file, listen, db_url, sets, log_level)
+    logging.basicConfig(
+        level=getattr(logging, str(cfg.log.level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    log = logging.getLogger("presenced")
+    for w in cfg.warnings:
+        log.warning("%s", w)
+    url = cfg.db.url
+    if url != "memory":
+        log.warning("db url %s: persistent storage is not implemented yet; state is kept in memory only", _redact_url(url))
+    from presenced.runtime.server import Server, install_uvloop
+
+    install_uvloop()
+    try:
+        server = Server(cfg, list(cfg.listen.addresses))
+    except ValueError as e:
+        _fail(str(e))
+    try:
+        asyncio.run(server.serve_forever())
+    except OSError as e:
+        _fail(f"cannot listen: {e}")
+    except KeyboardInterrupt:
+        pass
+    sys.exit(0)
+
+
+def _redact_url(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
+    return url
+
+
+@main.group()
+def config() -> None:
+    """Check or show configuration."""
+
+
+@config.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+def config_check(file) -> None:
+    """Validate FILE; exit 2 with the offending field on error."""
+    cfg = _load(file, (), None, (), None)
+    for w in cfg.warnings:
+        click.echo(f"warning: {w}", err=True)
+    click.echo(f"{file}: OK")
+
+
+@config.command("show")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True)
+def config_show(config_file, sets) -> None:
+    """Print effective values and where each came from."""
+    cfg = _load(config_file, (), None, sets, None)
+    click.echo(cfg.show())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,749 @@
+"""The presence engine: PUBLISH (RFC 3903), SUBSCRIBE/NOTIFY (RFC 6665).
+
+Event-independent: everything package-specific goes through the
+`EventPackage` found in the registry. Sans-I/O: time comes in as `now`,
+NOTIFYs leave through the transaction layer's outbox, and every expiry is a
+deadline in the shared TimerHeap (no periodic table scans).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from presenced.core.state import Publication, Subscription
+from presenced.events.base import BodyError, EventPackage, PublicationView, VersionedBody
+from presenced.events.registry import EventRegistry
+from presenced.sip.errors import SipParseError
+from presenced.sip.message import Request, Response
+from presenced.sip.uri import parse_uri
+from presenced.transaction.layer import Address, TransactionLayer, new_branch
+from presenced.transaction.timers import TimerHeap
+
+log = logging.getLogger("presenced.engine")
+
+UDP_MTU_LIMIT = 1300  # RFC 3261 §18.1.1
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    reason: str
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    to_tag: str | None = None
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Where a request came from and which local socket received it."""
+
+    source: Address
+    local_host: str
+    local_port: int
+
+
+def _opt(cfg: Any, section: str, name: str, default: Any) -> Any:
+    if cfg is None:
+        return default
+    sec = getattr(cfg, section, None)
+    return getattr(sec, name, default) if sec is not None else default
+
+
+def new_tag() -> str:
+    return secrets.token_hex(8)
+
+
+def new_etag() -> str:
+    # 96 random bits: unguessable and, in practice, unique across restarts.
+    return "a" + secrets.token_urlsafe(12)
+
+
+class PresenceEngine:
+    def __init__(
+        self,
+        registry: EventRegistry,
+        transactions: TransactionLayer,
+        timers: TimerHeap,
+        cfg: Any = None,
+    ) -> None:
+        self.registry = registry
+        self.tx = transactions
+        self.timers = timers
+        self.cfg = cfg
+        self.min_expires = int(_opt(cfg, "presence", "min_expires", 0))
+        self.max_expires = int(_opt(cfg, "presence", "max_expires", 3600)) or 3600
+        if self.min_expires > self.max_expires:
+            self.min_expires = self.max_expires
+        self.min_expires_action = int(_opt(cfg, "presence", "min_expires_action", 1))
+        self.expires_offset = max(0, int(_opt(cfg, "presence", "expires_offset", 0)))
+        self.subs_respond_200 = int(_opt(cfg, "presence", "subs_respond_200", 1))
+        self.server_address = str(_opt(cfg, "presence", "server_address", "") or "")
+        self.timeout_rm_subs = int(_opt(cfg, "presence", "timeout_rm_subs", 1))
+        self.send_fast_notify = int(_opt(cfg, "presence", "send_fast_notify", 1))
+        self.force_active = int(_opt(cfg, "presence_xml", "force_active", 0))
+        self.retrieve_order = int(_opt(cfg, "presence", "retrieve_order", 0))
+        self.force_delete = int(_opt(cfg, "presence", "force_delete", 0))
+        self.sip_uri_match = int(_opt(cfg, "presence", "sip_uri_match", 0))
+        # state
+        self.publications: dict[tuple[str, str], dict[str, Publication]] = {}
+        self.etags: dict[str, Publication] = {}
+        self.subs_by_dialog: dict[tuple, Subscription] = {}
+        self.subs_by_presentity: dict[tuple[str, str], dict[tuple, Subscription]] = {}
+        self.watchers: dict[tuple[str, str, str], tuple[str, str | None]] = {}
+        self._composed: dict[tuple[str, str], VersionedBody | None] = {}
+        self._pub_seq = 0
+        # hooks
+        self.authorize: Callable[[str, str, str, Subscription], tuple[str, str | None]] | None = None
+        self.notify_reply_hook: Callable[[Subscription, Response | None], bool] | None = None
+        self.stats: dict[str, int] = {
+            "notify_sent": 0, "notify_failed": 0, "notify_timeout": 0,
+            "publications_expired": 0, "subscriptions_expired": 0,
+        }
+
+    # ------------------------------------------------------------------ utils
+    def presentity_key(self, uri_text: str) -> str:
+        uri = parse_uri(uri_text)
+        if uri.scheme not in ("sip", "sips", "pres", "im", "tel"):
+            raise SipParseError("Unsupported URI Scheme", status=416)
+        key = uri.aor()
+        return key.lower() if self.sip_uri_match else key
+
+    def _clamp_expires(self, requested: int | None, default: int) -> int:
+        exp = default if requested is None else requested
+        return min(exp, self.max_expires)
+
+    def allow_events(self) -> str:
+        return ", ".join(self.registry.names())
+
+    def local_contact(self, ctx: RequestContext) -> str:
+        if self.server_address:
+            return self.server_address
+        host = ctx.local_host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        c = f"sip:{host}:{ctx.local_port}"
+        if ctx.source.transport != "udp":
+            c += f";transport={ctx.source.transport}"
+        return c
+
+    def _lookup_package(self, req: Request) -> EventPackage | Reply:
+        try:
+            ev = req.event
+        except SipParseError as e:
+            return Reply(400, e.reason)
+        if ev is None:
+            return Reply(489, "Bad Event", [("Allow-Events", self.allow_events())])
+        pkg = self.registry.lookup(ev)
+        if pkg is None:
+            return Reply(489, "Bad Event", [("Allow-Events", self.allow_events())])
+        return pkg
+
+    # --------------------------------------------------------------- PUBLISH
+    def handle_publish(self, req: Request, ctx: RequestContext, now: float, sender_uri: str | None = None) -> Reply:
+        """RFC 3903 §6, step by step."""
+        pkg = self._lookup_package(req)
+        if isinstance(pkg, Reply):
+            return pkg
+        if not pkg.publishable or pkg.template is not None:
+            return Reply(489, "Bad Event", [("Allow-Events", self.allow_events())])
+        try:
+            pres_uri = self.presentity_key(req.uri_text)
+            if_match = req.sip_if_match
+            requested = req.expires
+        except SipParseError as e:
+            return Reply(e.status, e.reason)
+        expires = self._clamp_expires(requested, pkg.default_expires)
+        if 0 < expires < self.min_expires:
+            return Reply(423, "Interval Too Brief", [("Min-Expires", str(self.min_expires))])
+        body = req.body
+        ctype = None
+        if body:
+            try:
+                ct = req.content_type
+            except SipParseError as e:
+                return Reply(400, e.reason)
+            if ct is None:
+                return Reply(400, "Missing Content-Type")
+            ctype = ct.mime
+            if ctype not in pkg.content_types:
+                return Reply(415, "Unsupported Media Type", [("Accept", ", ".join(pkg.content_types))])
+            try:
+                pkg.validate(body, ctype)
+            except BodyError as e:
+                return Reply(400, f"Bad Body: {e}"[:120])
+        key = (pres_uri, pkg.key)
+        if if_match is None:
+            if not body:
+                return Reply(400, "Missing body in initial PUBLISH")
+            if expires == 0:
+                return Reply(200, "OK", [("Expires", "0")])
+            pub = self._store_publication(key, req.uri_text, pkg, body, ctype or pkg.content_types[0], now, expires, sender_uri)
+            self._publication_changed(key, pkg, now, sender_uri)
+            return self._publish_ok(pub.etag, expires)
+        old = self.etags.get(if_match)
+        if old is None or (old.pres_uri, old.event) != key or old.expires_at <= now:
+            return Reply(412, "Conditional Request Failed")
+        if expires == 0:
+            self._remove_publication(old)
+            self._publication_changed(key, pkg, now, sender_uri)
+            return Reply(200, "OK", [("SIP-ETag", old.etag), ("Expires", "0")])
+        # refresh or modify: a new entity-tag every time (RFC 3903 §6 step 7)
+        self._drop_etag(old)
+        new = new_etag()
+        old.etag = new
+        self.etags[new] = old
+        self.publications[key][new] = old
+        old.expires_at = now + expires
+        self._arm_publication(old)
+        if body:
+            old.body = body
+            old.content_type = ctype or old.content_type
+            old.received = now
+            self._pub_seq += 1
+            old.seq = self._pub_seq
+            if sender_uri is not None:
+                old.sender = sender_uri
+            self._publication_changed(key, pkg, now, sender_uri)
+        return self._publish_ok(new, expires)
+
+    def _publish_ok(self, etag: str, expires: int) -> Reply:
+        shown = expires - self.expires_offset if expires > self.expires_offset else expires
+        return Reply(200, "OK", [("SIP-ETag", etag), ("Expires", str(shown))])
+
+    def _store_publication(
+        self, key: tuple[str, str], entity: str, pkg: EventPackage, body: bytes, ctype: str,
+        now: float, expires: int, sender: str | None,
+    ) -> Publication:
+        self._pub_seq += 1
+        pub = Publication(
+            etag=new_etag(), pres_uri=key[0], entity=entity, event=pkg.key, body=body,
+            content_type=ctype, expires_at=now + expires, received=now, seq=self._pub_seq, sender=sender,
+        )
+        if not pkg.composes:
+            # Newest wins (message-summary): older publications are superseded.
+            for other in list(self.publications.get(key, {}).values()):
+                self._remove_publication(other)
+        self.publications.setdefault(key, {})[pub.etag] = pub
+        self.etags[pub.etag] = pub
+        self._arm_publication(pub)
+        return pub
+
+    def _arm_publication(self, pub: Publication) -> None:
+        if pub.timer is not None:
+            pub.timer.cancel()
+        pub.timer = self.timers.schedule(pub.expires_at, self._publication_expired, pub)
+
+    def _publication_expired(self, now: float, pub: Publication) -> None:
+        if self.etags.get(pub.etag) is not pub:
+            return
+        self.stats["publications_expired"] += 1
+        key = (pub.pres_uri, pub.event)
+        self._remove_publication(pub)
+        if not self.force_delete:
+            pkg = self.registry.get(pub.event)
+            if pkg is not None:
+                self._publication_changed(key, pkg, now, None)
+
+    def _drop_etag(self, pub: Publication) -> None:
+        self.etags.pop(pub.etag, None)
+        pubs = self.publications.get((pub.pres_uri, pub.event))
+        if pubs is not None:
+            pubs.pop(pub.etag, None)
+
+    def _remove_publication(self, pub: Publication) -> None:
+        self._drop_etag(pub)
+        if pub.timer is not None:
+            pub.timer.cancel()
+            pub.timer = None
+        key = (pub.pres_uri, pub.event)
+        if not self.publications.get(key):
+            self.publications.pop(key, None)
+        self._composed.pop(key, None)
+
+    def live_publications(self, key: tuple[str, str], now: float) -> list[Publication]:
+        pubs = [p for p in self.publications.get(key, {}).values() if p.expires_at > now]
+        # newest first: the first body has the highest priority when composing
+        if self.retrieve_order == 1:
+            pubs.sort(key=lambda p: (p.priority, p.seq), reverse=True)
+        else:
+            pubs.sort(key=lambda p: p.seq, reverse=True)
+        return pubs
+
+    def composed_body(self, key: tuple[str, str], pkg: EventPackage, entity: str, now: float) -> VersionedBody | None:
+        if key in self._composed:
+            return self._composed[key]
+        pubs = self.live_publications(key, now)
+        if pubs:
+            body = pkg.compose(entity, [PublicationView(p.etag, p.body, p.content_type, p.received) for p in pubs])
+        else:
+            body = pkg.empty_body(entity)
+        self._composed[key] = body
+        return body
+
+    def _publication_changed(self, key: tuple[str, str], pkg: EventPackage, now: float, sender: str | None) -> None:
+        self._composed.pop(key, None)
+        subs = self.subs_by_presentity.get(key)
+        if not subs:
+            return
+        for sub in list(subs.values()):
+            if sub.status != "active" or sub.reason is not None or sub.expires_at <= now:
+                continue
+            if sender is not None and sub.remote_target == sender:
+                continue  # no echo to the publishing device
+            self._safe_notify(sub, pkg, now)
+
+    def _safe_notify(self, sub: Subscription, pkg: EventPackage, now: float) -> None:
+        """One watcher's failure must never stop the NOTIFYs to the others."""
+        try:
+            self.send_notify(sub, pkg, now)
+        except Exception:
+            self.stats["notify_failed"] += 1
+            log.exception("NOTIFY to %s (Call-ID %s) failed", sub.remote_target, sub.call_id)
+
+    # ------------------------------------------------------------- SUBSCRIBE
+    def handle_subscribe(
+        self, req: Request, ctx: RequestContext, now: float, watcher_uri: str | None = None
+    ) -> tuple[Reply, list[Callable[[], None]]]:
+        """Returns the reply and the NOTIFYs to send once the reply is out."""
+        pkg = self._lookup_package(req)
+        if isinstance(pkg, Reply):
+            return pkg, []
+        try:
+            requested = req.expires
+            from_ = req.from_
+            to = req.to
+            call_id = req.call_id
+            cseq = req.cseq.seq
+            contacts = req.contacts
+        except SipParseError as e:
+            return Reply(e.status, e.reason), []
+        if requested is not None and requested > 0 and requested < self.min_expires:
+            if self.min_expires_action == 1:
+                return Reply(423, "Interval Too Brief", [("Min-Expires", str(self.min_expires))]), []
+            requested = self.min_expires
+        expires = self._clamp_expires(requested, pkg.default_expires)
+        if from_.tag is None:
+            return Reply(400, "Missing From tag"), []
+        if len(contacts) != 1 or contacts[0].raw == "*":
+            return Reply(400, "Missing or invalid Contact header"), []
+        try:
+            contacts[0].uri  # noqa: B018 - must parse
+        except SipParseError as e:
+            return Reply(400, f"Bad Contact: {e.reason}"), []
+        try:
+            accept = req.accept
+        except SipParseError as e:
+            return Reply(400, e.reason), []
+        if not pkg.accepts(accept):
+            return Reply(406, "Not Acceptable", [("Accept", pkg.notify_type)]), []
+        ev = req.event
+        assert ev is not None
+        event_id = ev.id
+        if to.tag is None:
+            return self._initial_subscribe(req, ctx, now, pkg, expires, watcher_uri, event_id, accept, cseq)
+        # in-dialog: refresh or unsubscribe
+        dkey = (call_id, to.tag, from_.tag, pkg.key, event_id)
+        sub = self.subs_by_dialog.get(dkey)
+        if sub is None:
+            return Reply(481, "Subscription Does Not Exist"), []
+        if cseq < sub.remote_cseq:
+            return Reply(500, "Stale CSeq", [("Retry-After", "0")]), []
+        sub.remote_cseq = cseq
+        sub.remote_target = contacts[0].uri_text
+        sub.accept = accept
+        contact_hdr = [("Contact", f"<{sub.local_contact}>")]
+        if expires == 0:
+            self._remove_subscription(sub)
+            sub.expires_at = now
+            reason = "timeout"
+            sub.watcher_event = "timeout"
+
+            def final() -> None:
+                self._winfo_changed(sub, pkg, now, terminated=True)
+                self._notify_terminated(sub, pkg, now, reason, with_state=True)
+
+            return Reply(200, "OK", [("Expires", "0")] + contact_hdr), [final]
+        sub.expires_at = now + expires
+        self._arm_subscription(sub)
+        code = 200 if (self.subs_respond_200 or pkg.template) else 202
+
+        def refreshed() -> None:
+            self.send_notify(sub, pkg, now)
+
+        return Reply(code, "OK" if code == 200 else "Accepted", [("Expires", str(expires))] + contact_hdr), [refreshed]
+
+    def _initial_subscribe(
+        self, req: Request, ctx: RequestContext, now: float, pkg: EventPackage, expires: int,
+        watcher_uri: str | None, event_id: str | None, accept: list[str] | None, cseq: int,
+    ) -> tuple[Reply, list[Callable[[], None]]]:
+        try:
+            pres_uri = self.presentity_key(req.uri_text)
+            record_route = [rr.raw for rr in req.record_route]
+        except SipParseError as e:
+            return Reply(e.status, e.reason), []
+        from_ = req.from_
+        to_tag = new_tag()
+        watcher = watcher_uri or from_.uri_text
+        event_header = pkg.name + (("." + pkg.template) if pkg.template else "")
+        event_header += "".join(";" + p for p in sorted(pkg.required_params))
+        if event_id is not None:
+            event_header += f";id={event_id}"
+        to_raw = req.get("to") or ""
+        sub = Subscription(
+            call_id=req.call_id, remote_tag=from_.tag or "", local_tag=to_tag, event=pkg.key,
+            event_id=event_id, event_header=event_header, pres_uri=pres_uri, entity=req.uri_text,
+            watcher_uri=watcher, watcher_display=from_.display, remote_target=req.contacts[0].uri_text,
+            route_set=record_route, to_header=req.get("from") or "", from_header=f"{to_raw};tag={to_tag}",
+            remote_cseq=cseq, local_cseq=0, expires_at=now + expires, source=ctx.source,
+            local_host=ctx.local_host, local_port=ctx.local_port, local_contact=self.local_contact(ctx),
+            accept=accept, created=now,
+        )
+        if pkg.template == "winfo":
+            # RFC 3857 §4.6: only the owner may see who watches them.
+            sub.status, sub.reason = self._authorize_winfo(sub)
+        elif pkg.requires_auth:
+            sub.status, sub.reason = self._authorize(sub, pkg)
+        code = 200 if (self.subs_respond_200 or pkg.template) else 202
+        headers = [("Expires", str(expires)), ("Contact", f"<{sub.local_contact}>")]
+        headers.extend(("Record-Route", rr) for rr in record_route)
+        reply = Reply(code, "OK" if code == 200 else "Accepted", headers, to_tag=to_tag)
+        if sub.status == "terminated" and sub.reason == "rejected" and pkg.template == "winfo":
+            return Reply(403, "Forbidden"), []
+        if expires == 0:
+            # fetch: one NOTIFY with the current state, nothing kept (RFC 6665 §4.4.3)
+            def fetch() -> None:
+                self._notify_terminated(sub, pkg, now, "timeout", with_state=True)
+
+            return reply, [fetch]
+        if sub.status == "terminated":
+            def rejected() -> None:
+                self._notify_terminated(sub, pkg, now, sub.reason or "rejected", with_state=False)
+
+            return reply, [rejected]
+        self._add_subscription(sub)
+
+        def initial() -> None:
+            if pkg.winfo:
+                self._winfo_changed(sub, pkg, now)
+            if self.send_fast_notify or pkg.winfo or pkg.template:
+                self.send_notify(sub, pkg, now)
+
+        return reply, [initial]
+
+    def _authorize(self, sub: Subscription, pkg: EventPackage) -> tuple[str, str | None]:
+        if self.force_active:
+            return "active", None
+        wkey = (sub.pres_uri, pkg.key, self._watcher_key(sub.watcher_uri))
+        known = self.watchers.get(wkey)
+        if known is not None:
+            return known
+        decision: tuple[str, str | None]
+        if self.authorize is not None:
+            decision = self.authorize(sub.pres_uri, sub.watcher_uri, pkg.key, sub)
+        else:
+            decision = ("pending", None)
+        self.watchers[wkey] = decision
+        return decision
+
+    def _authorize_winfo(self, sub: Subscription) -> tuple[str, str | None]:
+        if self.force_active:
+            return "active", None
+        try:
+            same = self._watcher_key(sub.watcher_uri) == sub.pres_uri
+        except SipParseError:
+            same = False
+        return ("active", None) if same else ("terminated", "rejected")
+
+    def _watcher_key(self, uri: str) -> str:
+        try:
+            return parse_uri(uri).aor()
+        except SipParseError:
+            return uri
+
+    def _add_subscription(self, sub: Subscription) -> None:
+        self.subs_by_dialog[sub.key] = sub
+        self.subs_by_presentity.setdefault((sub.pres_uri, sub.event), {})[sub.key] = sub
+        self._arm_subscription(sub)
+
+    def _arm_subscription(self, sub: Subscription) -> None:
+        if sub.timer is not None:
+            sub.timer.cancel()
+        sub.timer = self.timers.schedule(sub.expires_at, self._subscription_expired, sub)
+
+    def _subscription_expired(self, now: float, sub: Subscription) -> None:
+        if self.subs_by_dialog.get(sub.key) is not sub:
+            return
+        self.stats["subscriptions_expired"] += 1
+        self._remove_subscription(sub)
+        pkg = self.registry.get(sub.event)
+        sub.watcher_event = "timeout"
+        if pkg is not None:
+            self._winfo_changed(sub, pkg, now, terminated=True)
+            self._notify_terminated(sub, pkg, now, "timeout", with_state=False)
+
+    def _remove_subscription(self, sub: Subscription) -> None:
+        if self.subs_by_dialog.get(sub.key) is sub:
+            del self.subs_by_dialog[sub.key]
+        pk = (sub.pres_uri, sub.event)
+        group = self.subs_by_presentity.get(pk)
+        if group is not None:
+            group.pop(sub.key, None)
+            if not group:
+                del self.subs_by_presentity[pk]
+        if sub.timer is not None:
+            sub.timer.cancel()
+            sub.timer = None
+
+    # ---------------------------------------------------------------- NOTIFY
+    def _state_header(self, sub: Subscription, now: float) -> str:
+        remaining = int(sub.expires_at - now + 0.5)
+        if remaining <= 0:
+            return "terminated;reason=timeout"
+        if sub.status == "pending":
+            return f"pending;expires={remaining}"
+        return f"active;expires={remaining}"
+
+    def _body_for(self, sub: Subscription, pkg: EventPackage, now: float) -> bytes:
+        if sub.status != "active" or sub.reason is not None:
+            return b""
+        if pkg.template == "winfo":
+            return self._winfo_body(sub, pkg, now, None)
+        body = self.composed_body((sub.pres_uri, sub.event), pkg, sub.entity, now)
+        if body is None:
+            return b""
+        if body.is_fixed:
+            data = body.render(0)
+        else:
+            data = body.render(sub.version)
+            sub.version += 1
+        return pkg.filter_for(data, sub)
+
+    def send_notify(self, sub: Subscription, pkg: EventPackage, now: float) -> None:
+        state = self._state_header(sub, now)
+        body = self._body_for(sub, pkg, now)
+        self._send(sub, pkg, state, body, now)
+        if state.startswith("terminated"):
+            self._remove_subscription(sub)
+
+    def _notify_terminated(self, sub: Subscription, pkg: EventPackage, now: float, reason: str, with_state: bool) -> None:
+        body = self._body_for(sub, pkg, now) if with_state else b""
+        self._send(sub, pkg, f"terminated;reason={reason}", body, now)
+
+    def _send(self, sub: Subscription, pkg: EventPackage, state: str, body: bytes, now: float) -> None:
+        sub.local_cseq += 1
+        target_uri = sub.remote_target
+        routes = list(sub.route_set)
+        if routes and ";lr" not in routes[0].lower():
+            # strict router (RFC 3261 §12.2.1.1)
+            first = routes.pop(0)
+            routes.append(f"<{sub.remote_target}>")
+            target_uri = first.strip().lstrip("<").split(">")[0]
+            next_hop = target_uri
+        else:
+            next_hop = routes[0].strip().lstrip("<").split(">")[0] if routes else target_uri
+        dest = self._destination(sub, next_hop, len(body))
+        branch = new_branch()
+        host = sub.local_host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        lines = [
+            f"NOTIFY {target_uri} SIP/2.0",
+            f"Via: SIP/2.0/{dest.transport.upper()} {host}:{sub.local_port};branch={branch};rport",
+            "Max-Forwards: 70",
+        ]
+        lines.extend(f"Route: {r}" for r in routes)
+        lines.extend(
+            (
+                f"From: {sub.from_header}",
+                f"To: {sub.to_header}",
+                f"Call-ID: {sub.call_id}",
+                f"CSeq: {sub.local_cseq} NOTIFY",
+                f"Event: {sub.event_header}",
+                f"Subscription-State: {state}",
+                f"Contact: <{sub.local_contact}>",
+            )
+        )
+        if body:
+            lines.append(f"Content-Type: {pkg.notify_type}")
+        lines.append(f"Content-Length: {len(body)}")
+        data = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
+        if dest.transport == "udp" and len(data) > UDP_MTU_LIMIT:
+            # RFC 3261 §18.1.1: too big for UDP, use a congestion-controlled transport
+            data = data.replace(b"Via: SIP/2.0/UDP ", b"Via: SIP/2.0/TCP ", 1)
+            dest = Address("tcp", dest.host, dest.port, None)
+        sub.notifies_sent += 1
+        self.stats["notify_sent"] += 1
+        self.tx.send_request(data, branch, "NOTIFY", dest, now, lambda resp, s=sub: self._notify_result(s, resp))
+
+    def _destination(self, sub: Subscription, next_hop: str, size: int) -> Address:
+        src = sub.source
+        try:
+            uri = parse_uri(next_hop)
+            host = uri.host.strip("[]")
+            transport = uri.transport or ("tls" if uri.scheme == "sips" else None)
+            port = uri.port or (5061 if transport == "tls" else 5060)
+        except SipParseError:
+            host, port, transport = (src.host, src.port, None) if src else ("127.0.0.1", 5060, None)
+        if src is not None and src.reliable:
+            # Reuse the subscriber's connection (phones put ;alias or the
+            # connection's own port in Contact); the runtime falls back to a
+            # new connection to host:port when it is gone.
+            return Address(src.transport, host, port, src.conn)
+        if transport in ("tcp", "tls", "ws", "wss"):
+            return Address("tcp" if transport == "tcp" else transport, host, port, None)
+        return Address("udp", host, port, None)
+
+    def _notify_result(self, sub: Subscription, resp: Response | None) -> None:
+        code = resp.status if resp is not None else 408
+        sub.last_notify_status = code
+        if resp is None:
+            self.stats["notify_timeout"] += 1
+        elif code >= 300:
+            self.stats["notify_failed"] += 1
+        delete = code in (404, 481) or (code == 408 and self.timeout_rm_subs)
+        if self.notify_reply_hook is not None:
+            try:
+                if self.notify_reply_hook(sub, resp):
+                    delete = True
+            except Exception:  # a user hook must never break NOTIFY handling
+                pass
+        if delete and self.subs_by_dialog.get(sub.key) is sub:
+            self._remove_subscription(sub)
+            sub.status = "terminated"
+            pkg = self.registry.get(sub.event)
+            if pkg is not None and pkg.winfo:
+                sub.watcher_event = "noresource" if code != 408 else "timeout"
+                self._winfo_changed(sub, pkg, self._now_hint(), terminated=True)
+
+    def _now_hint(self) -> float:
+        # Results arrive from transaction callbacks which already ran at `now`;
+        # the newest known time is the earliest pending deadline minus nothing.
+        return getattr(self, "_last_now", 0.0)
+
+    # ----------------------------------------------------------------- winfo
+    def _winfo_subscribers(self, sub: Subscription, pkg: EventPackage) -> list[Subscription]:
+        wk = (sub.pres_uri, f"{pkg.name}.winfo")
+        return list(self.subs_by_presentity.get(wk, {}).values())
+
+    def _winfo_entry(self, w: Subscription, now: float, terminated: bool = False):
+        from presenced.events.formats.watcherinfo import WatcherEntry
+
+        status = "terminated" if terminated or w.status == "terminated" else w.status
+        return WatcherEntry(
+            id=w.watcher_id, uri=w.watcher_uri, status=status, event=w.watcher_event,
+            display_name=w.watcher_display, expiration=max(0, int(w.expires_at - now)),
+            duration_subscribed=max(0, int(now - w.created)),
+        )
+
+    def _winfo_body(self, wsub: Subscription, wpkg: EventPackage, now: float, changed: Subscription | None, terminated: bool = False) -> bytes:
+        watched = self.subs_by_presentity.get((wsub.pres_uri, wpkg.name), {})
+        if changed is None or not wsub.winfo_full_sent:
+            entries = [self._winfo_entry(w, now) for w in watched.values()]
+            if changed is not None and changed.key not in watched:
+                entries.append(self._winfo_entry(changed, now, terminated))
+            state = "full"
+            wsub.winfo_full_sent = True
+        else:
+            entries = [self._winfo_entry(changed, now, terminated)]
+            state = "partial"
+        body = wpkg.render(wsub.version, state, wsub.entity, entries)  # type: ignore[attr-defined]
+        wsub.version += 1
+        return body
+
+    def _winfo_changed(self, sub: Subscription, pkg: EventPackage, now: float, terminated: bool = False) -> None:
+        if not pkg.winfo:
+            return
+        wpkg = self.registry.get(f"{pkg.name}.winfo")
+        if wpkg is None:
+            return
+        for wsub in self._winfo_subscribers(sub, pkg):
+            if wsub.status != "active" or wsub.expires_at <= now:
+                continue
+            body = self._winfo_body(wsub, wpkg, now, sub, terminated)
+            self._send(wsub, wpkg, self._state_header(wsub, now), body, now)
+
+    # ------------------------------------------------------------ module API
+    def pres_has_subscribers(self, uri: str, event: str) -> bool:
+        pkg_key = event
+        return bool(self.subs_by_presentity.get((self.presentity_key(uri), pkg_key)))
+
+    def pres_auth_status(self, watcher_uri: str, presentity_uri: str) -> int:
+        """Kamailio's codes: 1 active, 2 pending, 3 terminated, 4 waiting, 5 polite-block."""
+        if self.force_active:
+            return 1
+        wkey = (self.presentity_key(presentity_uri), "presence", self._watcher_key(watcher_uri))
+        known = self.watchers.get(wkey)
+        if known is None:
+            return 2
+        status, reason = known
+        if status == "active":
+            return 5 if reason == "polite-block" else 1
+        return {"pending": 2, "terminated": 3, "waiting": 4}.get(status, 2)
+
+    def set_watcher_status(self, presentity_uri: str, event: str, watcher_uri: str, status: str, reason: str | None, now: float) -> int:
+        """Record an authorization decision and apply it to live dialogs."""
+        pres = self.presentity_key(presentity_uri)
+        self.watchers[(pres, event, self._watcher_key(watcher_uri))] = (status, reason)
+        return self.pres_update_watchers(presentity_uri, event, now)
+
+    def pres_update_watchers(self, uri: str, event: str, now: float) -> int:
+        """Re-evaluate watchers of uri/event; NOTIFY the dialogs whose status changed."""
+        pkg = self.registry.get(event)
+        if pkg is None:
+            return 0
+        pres = self.presentity_key(uri)
+        changed = 0
+        for sub in list(self.subs_by_presentity.get((pres, pkg.key), {}).values()):
+            if self.force_active:
+                new = ("active", None)
+            else:
+                wkey = (pres, pkg.key, self._watcher_key(sub.watcher_uri))
+                new = self.watchers.get(wkey)
+                if new is None and self.authorize is not None:
+                    new = self.authorize(pres, sub.watcher_uri, pkg.key, sub)
+                    self.watchers[wkey] = new
+                if new is None:
+                    continue
+            if (sub.status, sub.reason) == new:
+                continue
+            changed += 1
+            old_status = sub.status
+            sub.status, sub.reason = new
+            if sub.status == "terminated":
+                sub.watcher_event = "rejected"
+                self._remove_subscription(sub)
+                self._winfo_changed(sub, pkg, now, terminated=True)
+                self._notify_terminated(sub, pkg, now, sub.reason or "rejected", with_state=False)
+                continue
+            if old_status == "pending" and sub.status == "active":
+                sub.watcher_event = "approved"
+            self._winfo_changed(sub, pkg, now)
+            self._safe_notify(sub, pkg, now)
+        return changed
+
+    def pres_refresh_watchers(self, uri: str, event: str, type_: int, now: float) -> int:
+        """Type 0: authorization changed; 1/2: state changed, re-NOTIFY active watchers."""
+        if type_ == 0:
+            return self.pres_update_watchers(uri, event, now)
+        pkg = self.registry.get(event)
+        if pkg is None:
+            return 0
+        key = (self.presentity_key(uri), pkg.key)
+        self._composed.pop(key, None)
+        subs = [s for s in self.subs_by_presentity.get(key, {}).values() if s.status == "active"]
+        for s in subs:
+            self._safe_notify(s, pkg, now)
+        return len(subs)
+
+    def composed_bodies(self, uri: str, event: str, now: float) -> list[bytes]:
+        key = (self.presentity_key(uri), event)
+        return [p.body for p in self.live_publications(key, now)]
+
+    def subscriptions(self) -> Iterable[Subscription]:
+        return self.subs_by_dialog.values()
+
+    def all_publications(self) -> Iterable[Publication]:
+        return self.etags.values()

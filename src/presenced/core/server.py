@@ -1,0 +1,260 @@
+"""The sans-I/O SIP server core: bytes and `now` in, bytes out.
+
+`SipCore.receive()` is the whole request path: parse, RFC 3581 received/rport,
+transaction matching (retransmissions never reach the TU), the checks every
+UAS makes (RFC 3261 §8.2), and dispatch to the presence engine, the
+registrar or OPTIONS. Output accumulates in `outbox` as (bytes, Address,
+client transaction or None); the runtime drains it after every call and
+arms one OS timer for `next_deadline()`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from presenced import __version__
+from presenced.core.engine import PresenceEngine, Reply, RequestContext, new_tag
+from presenced.core.registrar import Registrar
+from presenced.events import default_registry
+from presenced.events.registry import EventRegistry
+from presenced.sip.errors import SipParseError
+from presenced.sip.headers import split_commas
+from presenced.sip.message import Request, Response, build_response, check_request, parse_message
+from presenced.transaction.layer import Address, ClientTransaction, ServerTransaction, TransactionLayer
+from presenced.transaction.timers import TimerHeap
+
+log = logging.getLogger("presenced.core")
+
+SUPPORTED_SCHEMES = frozenset({"sip", "sips", "pres", "tel", "im"})
+SERVER_HEADER = ("Server", f"presenced/{__version__}")
+
+
+def _opt(cfg: Any, section: str, name: str, default: Any) -> Any:
+    sec = getattr(cfg, section, None) if cfg is not None else None
+    return getattr(sec, name, default) if sec is not None else default
+
+
+class SipCore:
+    def __init__(self, cfg: Any = None, registry: EventRegistry | None = None) -> None:
+        self.cfg = cfg
+        self.timers = TimerHeap()
+        self.tx = TransactionLayer(self.timers)
+        self.registry = registry or default_registry(cfg)
+        self.engine = PresenceEngine(self.registry, self.tx, self.timers, cfg)
+        self.registrar: Registrar | None = None
+        if int(_opt(cfg, "registrar", "enabled", 1)):
+            self.registrar = Registrar(
+                self.timers,
+                min_expires=int(_opt(cfg, "registrar", "min_expires", 60)),
+                max_expires=int(_opt(cfg, "registrar", "max_expires", 3600)),
+                default_expires=int(_opt(cfg, "registrar", "default_expires", 3600)),
+            )
+        self.route: Callable[..., Any] | None = None
+        self.stats: dict[str, int] = {"dropped": 0, "parse_errors": 0, "internal_errors": 0}
+        self.requests_by_method: dict[str, int] = {}
+        self.responses_by_code: dict[int, int] = {}
+
+    @property
+    def outbox(self) -> list[tuple[bytes, Address, ClientTransaction | None]]:
+        return self.tx.outbox
+
+    def allow(self) -> str:
+        methods = ["OPTIONS", "PUBLISH", "SUBSCRIBE"]
+        if self.registrar is not None:
+            methods.append("REGISTER")
+        methods.append("CANCEL")
+        return ", ".join(methods)
+
+    def accept_types(self) -> str:
+        types: list[str] = []
+        for pkg in self.registry:
+            for t in pkg.content_types:
+                if t not in types:
+                    types.append(t)
+        return ", ".join(types)
+
+    # ---------------------------------------------------------------- timers
+    def next_deadline(self) -> float | None:
+        return self.timers.next_deadline()
+
+    def handle_timers(self, now: float) -> None:
+        self.engine._last_now = now
+        try:
+            self.timers.run_due(now)
+        except Exception:  # pragma: no cover - a bug must not stop the timer loop
+            log.exception("timer callback failed")
+            self.stats["internal_errors"] += 1
+
+    def transport_failed(self, ct: ClientTransaction, now: float) -> None:
+        self.engine._last_now = now
+        self.tx.transport_failed(ct)
+
+    # --------------------------------------------------------------- receive
+    def receive(self, data: bytes, source: Address, local: tuple[str, int], now: float, *, stream: bool = False) -> None:
+        self.engine._last_now = now
+        try:
+            msg = parse_message(data, stream=stream)
+        except SipParseError as e:
+            self.stats["parse_errors"] += 1
+            self._reject_unparsable(data, e, source)
+            return
+        if isinstance(msg, Response):
+            self.tx.receive_response(msg, now)
+            return
+        try:
+            self._process_received(msg, source)
+            check_request(msg)
+        except SipParseError as e:
+            self.stats["parse_errors"] += 1
+            self._answer_malformed(msg, e, source)
+            return
+        st = self.tx.receive_request(msg, source)
+        if st is None:
+            return
+        self.requests_by_method[msg.method] = self.requests_by_method.get(msg.method, 0) + 1
+        ctx = RequestContext(source, local[0], local[1])
+        try:
+            self._dispatch(msg, st, ctx, now)
+        except Exception:
+            log.exception("internal error handling %s %s", msg.method, msg.get("call-id"))
+            self.stats["internal_errors"] += 1
+            if st.last_response is None:
+                self.respond(msg, st, Reply(500, "Server Internal Error", [("Retry-After", "5")]), now)
+
+    def _process_received(self, req: Request, source: Address) -> None:
+        """RFC 3261 §18.2.1 and RFC 3581: stamp received/rport on the top Via."""
+        via = req.top_via
+        add_received = via.host.strip("[]") != source.host
+        has_rport = "rport" in via.params
+        if not add_received and not has_rport:
+            return
+        params = dict(via.params)
+        if add_received or has_rport:
+            params["received"] = source.host
+        if has_rport:
+            params["rport"] = str(source.port)
+        head = via.raw.split(";", 1)[0]
+        new_top = head + "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+        lines = req._index["via"]
+        parts = split_commas(lines[0])
+        parts[0] = new_top
+        lines[0] = ", ".join(parts)
+        req._cache.pop("via", None)
+
+    def _response_dest(self, req: Request, source: Address) -> Address:
+        if source.reliable:
+            return source
+        try:
+            via = req.top_via
+        except SipParseError:
+            return source
+        if "rport" in via.params:
+            return source
+        return Address(source.transport, source.host, via.port or 5060, None)
+
+    def _reject_unparsable(self, data: bytes, err: SipParseError, source: Address) -> None:
+        """A request too broken to parse: answer only if a response is routable."""
+        if err.status == 0 or data[:4] == b"SIP/":
+            self.stats["dropped"] += 1
+            return
+        try:
+            # Parse headers leniently to find Via/From/To/Call-ID/CSeq.
+            head = data.split(b"\r\n\r\n", 1)[0]
+            first, _, rest = head.partition(b"\r\n")
+            lenient = parse_message(b"OPTIONS sip:x SIP/2.0\r\n" + rest + b"\r\nContent-Length: 0\r\n\r\n")
+            assert isinstance(lenient, Request)
+            lenient.top_via  # noqa: B018
+            lenient.call_id  # noqa: B018
+            lenient.cseq  # noqa: B018
+        except Exception:
+            self.stats["dropped"] += 1
+            return
+        if lenient.cseq.method == "ACK":
+            self.stats["dropped"] += 1
+            return
+        data_out = build_response(lenient, err.status, err.reason, [SERVER_HEADER], to_tag=new_tag())
+        self._count_response(err.status)
+        self.tx.outbox.append((data_out, self._response_dest(lenient, source), None))
+
+    def _answer_malformed(self, req: Request, err: SipParseError, source: Address) -> None:
+        if req.method == "ACK":
+            self.stats["dropped"] += 1
+            return
+        try:
+            req.top_via  # noqa: B018
+            req.call_id  # noqa: B018
+            req.cseq  # noqa: B018
+        except SipParseError:
+            self.stats["dropped"] += 1
+            return
+        data_out = build_response(req, err.status, err.reason, [SERVER_HEADER], to_tag=new_tag())
+        self._count_response(err.status)
+        self.tx.outbox.append((data_out, self._response_dest(req, source), None))
+
+    def _count_response(self, status: int) -> None:
+        self.responses_by_code[status] = self.responses_by_code.get(status, 0) + 1
+
+    def respond(self, req: Request, st: ServerTransaction, reply: Reply, now: float) -> None:
+        headers = list(reply.headers)
+        headers.append(SERVER_HEADER)
+        to_tag = reply.to_tag or (new_tag() if reply.status > 100 else None)
+        data = build_response(req, reply.status, reply.reason, headers, reply.body, to_tag=to_tag)
+        self._count_response(reply.status)
+        self.tx.respond(st, data, self._response_dest(req, st.source), now, final=reply.status >= 200)
+
+    # -------------------------------------------------------------- dispatch
+    def _dispatch(self, req: Request, st: ServerTransaction, ctx: RequestContext, now: float) -> None:
+        method = req.method
+        if method == "CANCEL":
+            # Our non-INVITE transactions complete at once: nothing to cancel.
+            self.respond(req, st, Reply(481, "Call/Transaction Does Not Exist"), now)
+            return
+        try:
+            scheme = req.uri.scheme
+        except SipParseError as e:
+            self.respond(req, st, Reply(400, e.reason), now)
+            return
+        if scheme not in SUPPORTED_SCHEMES:
+            self.respond(req, st, Reply(416, "Unsupported URI Scheme"), now)
+            return
+        unsupported = [t for t in req.option_tags("require")]
+        if unsupported:
+            self.respond(req, st, Reply(420, "Bad Extension", [("Unsupported", ", ".join(unsupported))]), now)
+            return
+        if self.route is not None:
+            handled = self.route(self, req, st, ctx, now)
+            if handled:
+                return
+        self.default_route(req, st, ctx, now)
+
+    def default_route(self, req: Request, st: ServerTransaction, ctx: RequestContext, now: float) -> None:
+        method = req.method
+        if method == "PUBLISH":
+            self.handle_publish(req, st, ctx, now)
+        elif method == "SUBSCRIBE":
+            self.handle_subscribe(req, st, ctx, now)
+        elif method == "OPTIONS":
+            self.respond(req, st, Reply(200, "OK", [
+                ("Allow", self.allow()),
+                ("Accept", self.accept_types()),
+                ("Allow-Events", self.engine.allow_events()),
+                ("Supported", ""),
+            ]), now)
+        elif method == "REGISTER" and self.registrar is not None:
+            status, reason, headers = self.registrar.handle(req, now)
+            self.respond(req, st, Reply(status, reason, headers), now)
+        else:
+            self.respond(req, st, Reply(405, "Method Not Allowed", [("Allow", self.allow())]), now)
+
+    def handle_publish(self, req: Request, st: ServerTransaction, ctx: RequestContext, now: float, sender_uri: str | None = None) -> None:
+        reply = self.engine.handle_publish(req, ctx, now, sender_uri)
+        self.respond(req, st, reply, now)
+
+    def handle_subscribe(self, req: Request, st: ServerTransaction, ctx: RequestContext, now: float, watcher_uri: str | None = None) -> None:
+        reply, after = self.engine.handle_subscribe(req, ctx, now, watcher_uri)
+        if 200 <= reply.status < 300:
+            reply.headers.append(("Allow-Events", self.engine.allow_events()))
+        self.respond(req, st, reply, now)
+        for fn in after:
+            fn()

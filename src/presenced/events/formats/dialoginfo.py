@@ -1,0 +1,173 @@
+"""dialog-info (RFC 4235) for the `dialog` and `dialog;sla` packages.
+
+BLF lamps are driven by these documents, so the compositor's job is to never
+show a dialog twice and never let a dialog go back to an earlier state
+because publications arrived out of order (Kamailio issue #3192).
+"""
+
+from __future__ import annotations
+
+from lxml import etree
+
+from .xml import BodyError, VersionedBody, append_children, local_name, new_root, parse_xml, reindent
+
+__all__ = [
+    "NS_DIALOG_INFO",
+    "SINGLE_DIALOG_PREFERENCE",
+    "compose_dialoginfo",
+    "compose_dialoginfo_sla",
+    "validate_dialoginfo",
+]
+
+NS_DIALOG_INFO = "urn:ietf:params:xml:ns:dialog-info"
+
+_ROOT = f"{{{NS_DIALOG_INFO}}}dialog-info"
+_DIALOG = f"{{{NS_DIALOG_INFO}}}dialog"
+_STATE = f"{{{NS_DIALOG_INFO}}}state"
+
+#: RFC 4235 §3.7.1 state machine order; a dialog only ever moves forward.
+_PROGRESS = {"trying": 0, "proceeding": 1, "early": 2, "confirmed": 3, "terminated": 4}
+
+#: Which dialog survives force_single_dialog, best first. This is Kamailio's
+#: presence_dialoginfo order (spec §15.1): a ringing call beats an established
+#: one so BLF keys can offer call pickup.
+SINGLE_DIALOG_PREFERENCE: tuple[str, ...] = ("early", "confirmed", "proceeding", "trying", "terminated")
+
+_DIRECTIONS = {"initiator", "recipient"}
+_MAX_VERSION_DIGITS = 20
+
+
+def _dialog_state(dialog: etree._Element) -> str:
+    state = dialog.find(_STATE)
+    if state is None:
+        return ""
+    return (state.text or "").strip().lower()
+
+
+def _parse_root(body: bytes) -> etree._Element:
+    root = parse_xml(body)
+    if root.tag != _ROOT:
+        if local_name(root.tag) == "dialog-info":
+            raise BodyError(f"dialog-info element not in namespace {NS_DIALOG_INFO}")
+        raise BodyError("root element is not dialog-info")
+    return root
+
+
+def validate_dialoginfo(body: bytes) -> None:
+    """Accept a PUBLISHed dialog-info or raise BodyError.
+
+    Required: root `dialog-info` in the RFC 4235 namespace with `state`
+    (full|partial) and a non-empty `entity`; every `dialog` has an `id`, a
+    known `state` and, if present, a valid `direction`. `version` may be
+    missing (it is replaced per subscriber anyway, and some publishers omit
+    it) but must be a non-negative integer when present. State values are
+    compared case-insensitively.
+    """
+    root = _parse_root(body)
+    state = root.get("state")
+    if state is None:
+        raise BodyError("dialog-info without state attribute")
+    if state not in ("full", "partial"):
+        raise BodyError("dialog-info state must be full or partial")
+    if not (root.get("entity") or "").strip():
+        raise BodyError("dialog-info without entity attribute")
+    version = root.get("version")
+    if version is not None:
+        version = version.strip()
+        if not version.isascii() or not version.isdigit() or len(version) > _MAX_VERSION_DIGITS:
+            raise BodyError("dialog-info version must be a non-negative integer")
+    for dialog in root.iterchildren(_DIALOG):
+        if not (dialog.get("id") or "").strip():
+            raise BodyError("dialog without id")
+        direction = dialog.get("direction")
+        if direction is not None and direction.strip() not in _DIRECTIONS:
+            raise BodyError("dialog direction must be initiator or recipient")
+        state_el = dialog.find(_STATE)
+        if state_el is None:
+            raise BodyError("dialog without state")
+        if (state_el.text or "").strip().lower() not in _PROGRESS:
+            raise BodyError("unknown dialog state")
+
+
+def _roots(bodies: list[bytes]) -> list[etree._Element]:
+    roots = []
+    for body in bodies:
+        if not body:
+            continue
+        try:
+            roots.append(_parse_root(body))
+        except BodyError:
+            continue
+    return roots
+
+
+def _new_document(entity: str, roots: list[etree._Element]) -> etree._Element:
+    out = new_root(NS_DIALOG_INFO, "dialog-info", roots, fallback_prefix="di")
+    out.set("version", "0")
+    out.set("state", "full")
+    out.set("entity", entity)
+    return out
+
+
+def compose_dialoginfo(
+    entity: str, bodies: list[bytes], *, force_single_dialog: bool = False
+) -> VersionedBody:
+    """Full-state dialog-info for all publications, `bodies` highest priority first.
+
+    Each dialog id appears once. The highest-priority copy wins unless a
+    lower-priority copy is further along the RFC 4235 state machine: states
+    never regress, so a stale "early" cannot hide a "confirmed" or
+    "terminated" that was processed first.
+
+    Terminated dialogs are kept (not dropped): a full-state document listing
+    only terminated dialogs turns every BLF lamp off, including phones that
+    ignore an empty document, and it is still valid RFC 4235. No publication
+    gives a document with no dialogs (idle).
+
+    force_single_dialog keeps one dialog for phones that cannot handle
+    several, chosen by SINGLE_DIALOG_PREFERENCE, ties to the highest
+    priority. Dialogs without an id and unparsable bodies are skipped;
+    extension elements are kept after the dialogs.
+    """
+    roots = _roots(bodies)
+    chosen: dict[str, tuple[int, etree._Element]] = {}
+    others: list[etree._Element] = []
+    for root in roots:
+        for child in root:
+            if child.tag != _DIALOG:
+                others.append(child)
+                continue
+            ident = (child.get("id") or "").strip()
+            if not ident:
+                continue
+            progress = _PROGRESS.get(_dialog_state(child), -1)
+            current = chosen.get(ident)
+            if current is None or progress > current[0]:
+                chosen[ident] = (progress, child)
+    dialogs = [dialog for _, dialog in chosen.values()]
+    if force_single_dialog and len(dialogs) > 1:
+        rank = {state: i for i, state in enumerate(SINGLE_DIALOG_PREFERENCE)}
+        worst = len(rank)
+        dialogs = [min(dialogs, key=lambda d: rank.get(_dialog_state(d), worst))]
+    out = _new_document(entity, roots)
+    append_children(out, dialogs + others)
+    reindent(out)
+    return VersionedBody.from_root(out)
+
+
+def compose_dialoginfo_sla(entity: str, bodies: list[bytes]) -> VersionedBody:
+    """dialog;sla: the newest publication only (no aggregation, spec §15.2).
+
+    Unlike presence_xml the `version` is per subscriber (RFC 4235 §4.1); the
+    rest of the publisher's document, including its entity, is passed through
+    (entity is filled in only when missing). With no usable publication -
+    or when the caller passes [] because the subscriber is the publisher -
+    the result is an empty full-state document.
+    """
+    for root in _roots(bodies):
+        if not (root.get("entity") or "").strip():
+            root.set("entity", entity)
+        if root.get("state") is None:
+            root.set("state", "full")
+        return VersionedBody.from_root(root)
+    return VersionedBody.from_root(_new_document(entity, []))

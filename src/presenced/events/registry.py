@@ -1,0 +1,54 @@
+"""Which package handles an Event header (Kamailio's `search_event`)."""
+
+from __future__ import annotations
+
+from presenced.events.base import EventPackage
+from presenced.sip.headers import Event
+
+# Event parameters that never select a package variant: `id` names a
+# subscription within a dialog (RFC 6665), the RFC 4235 dialog parameters
+# narrow what is reported.
+_NEUTRAL_PARAMS = frozenset({"id", "call-id", "to-tag", "from-tag", "include-session-description"})
+
+
+class EventRegistry:
+    def __init__(self) -> None:
+        self._by_name: dict[str, list[EventPackage]] = {}
+
+    def register(self, package: EventPackage) -> None:
+        name = package.name if package.template is None else f"{package.name}.{package.template}"
+        variants = self._by_name.setdefault(name, [])
+        variants[:] = [p for p in variants if p.required_params != package.required_params]
+        variants.append(package)
+        # Most specific variant first, so `dialog;sla` wins over `dialog`.
+        variants.sort(key=lambda p: -len(p.required_params))
+
+    def lookup(self, event: Event) -> EventPackage | None:
+        variants = self._by_name.get(event.name)
+        if not variants:
+            return None
+        params = set(event.params) - _NEUTRAL_PARAMS
+        for pkg in variants:
+            if pkg.required_params <= params:
+                return pkg
+        return None
+
+    def get(self, key: str) -> EventPackage | None:
+        name, _, rest = key.partition(";")
+        req = frozenset(p for p in rest.split(";") if p)
+        for pkg in self._by_name.get(name, ()):
+            if pkg.required_params == req:
+                return pkg
+        return None
+
+    def names(self) -> list[str]:
+        """Allow-Events values, in registration order."""
+        out: list[str] = []
+        for name, variants in self._by_name.items():
+            if name not in out:
+                out.append(name)
+        return out
+
+    def __iter__(self):
+        for variants in self._by_name.values():
+            yield from variants

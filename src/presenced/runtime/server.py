@@ -1,0 +1,224 @@
+"""The asyncio runtime: wires transports to the sans-I/O core.
+
+The core never sleeps or reads the clock; this module feeds it
+`loop.time()`, drains its outbox onto sockets after every call and keeps a
+single `call_at` armed for the core's earliest deadline (aioquic's pattern).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+from typing import Any
+
+from presenced.core.server import SipCore
+from presenced.sip.errors import SipParseError
+from presenced.transaction.layer import Address, ClientTransaction
+from presenced.transport.tcp import TcpConnection, TcpRegistry
+from presenced.transport.udp import UdpListener, start_udp
+
+log = logging.getLogger("presenced.runtime")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def parse_listen(spec: str) -> tuple[str, str, int]:
+    """`udp:127.0.0.1:5060` / `tcp:[::1]:5060` → (proto, host, port)."""
+    proto, _, rest = spec.partition(":")
+    proto = proto.lower()
+    if proto not in ("udp", "tcp"):
+        raise ValueError(f"--listen {spec}: protocol must be udp or tcp (tls, ws, wss are not available yet)")
+    if rest.startswith("["):
+        end = rest.find("]")
+        host, port_s = rest[1:end], rest[end + 2 :]
+    else:
+        host, _, port_s = rest.rpartition(":")
+    if not host or not port_s.isdigit() or not 0 <= int(port_s) < 65536:
+        raise ValueError(f"--listen {spec}: expected PROTO:HOST:PORT")
+    return proto, host, int(port_s)
+
+
+class Server:
+    def __init__(self, cfg: Any = None, listen: list[str] | None = None, core: SipCore | None = None) -> None:
+        self.cfg = cfg
+        self.core = core or SipCore(cfg)
+        self.listen_specs = [parse_listen(s) for s in (listen or ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060"])]
+        self.udp: list[UdpListener] = []
+        self.tcp = TcpRegistry(self._on_message)
+        self.tcp.on_error = self._on_stream_error
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.bound: list[tuple[str, str, int]] = []
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        for proto, host, port in self.listen_specs:
+            if proto == "udp":
+                l = await start_udp(host, port, self._on_message)
+                self.udp.append(l)
+                self.bound.append(("udp", host, l.port))
+            else:
+                srv = await self.tcp.listen(host, port)
+                real = srv.sockets[0].getsockname()[1] if srv.sockets else port
+                self.bound.append(("tcp", host, real))
+        self._housekeeping = self.loop.create_task(self._housekeeping_loop())
+        log.info("listening on %s", ", ".join(f"{p}:{h}:{n}" for p, h, n in self.bound))
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop listening, let in-flight NOTIFY transactions finish (bounded)."""
+        for s in self.tcp.servers:
+            s.close()
+        deadline = self.loop.time() + grace if self.loop else 0
+        while self.loop and self.core.tx.client and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if getattr(self, "_housekeeping", None):
+            self._housekeeping.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        for l in self.udp:
+            if l.transport is not None:
+                l.transport.close()
+        self.tcp.close_all()
+        for t in list(self._tasks):
+            t.cancel()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        await stop.wait()
+        log.info("shutting down")
+        await self.stop()
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            self.tcp.sweep_idle()
+
+    # -------------------------------------------------------------- receive
+    def _on_message(self, data: bytes, source: Address, local: tuple[str, int]) -> None:
+        assert self.loop is not None
+        self.core.receive(data, source, local, self.loop.time(), stream=source.transport != "udp")
+        self._flush()
+
+    def _on_stream_error(self, data: bytes, err: SipParseError, source: Address) -> None:
+        self.core._reject_unparsable(data, err, source)
+        self._flush()
+
+    def _on_timer(self) -> None:
+        assert self.loop is not None
+        self._timer = None
+        self._timer_at = None
+        self.core.handle_timers(self.loop.time())
+        self._flush()
+
+    # ----------------------------------------------------------------- send
+    def _flush(self) -> None:
+        outbox = self.core.outbox
+        if outbox:
+            items = outbox[:]
+            outbox.clear()
+            for data, dest, ct in items:
+                self._send(data, dest, ct)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        assert self.loop is not None
+        deadline = self.core.next_deadline()
+        if deadline is None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+                self._timer_at = None
+            return
+        if self._timer_at is not None and self._timer_at <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _send(self, data: bytes, dest: Address, ct: ClientTransaction | None) -> None:
+        if dest.transport == "udp":
+            listener = dest.conn if isinstance(dest.conn, UdpListener) else self._udp_for(dest.host)
+            if listener is None:
+                self._failed(ct)
+                return
+            if _is_ip(dest.host):
+                listener.send(data, dest.host, dest.port)
+            else:
+                self._spawn(self._resolve_and_send_udp(listener, data, dest, ct))
+            return
+        if dest.transport == "tcp":
+            conn = dest.conn if isinstance(dest.conn, TcpConnection) and dest.conn.is_open else None
+            if conn is None:
+                conn = self.tcp.find(dest.host, dest.port)
+            if conn is not None and conn.write(data):
+                return
+            self._spawn(self._connect_and_send(data, dest, ct))
+            return
+        self._failed(ct)  # tls/ws not available yet
+
+    def _udp_for(self, host: str) -> UdpListener | None:
+        want_v6 = ":" in host
+        for l in self.udp:
+            if (":" in l.host) == want_v6:
+                return l
+        return self.udp[0] if self.udp else None
+
+    def _spawn(self, coro) -> None:
+        assert self.loop is not None
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resolve_and_send_udp(self, listener: UdpListener, data: bytes, dest: Address, ct) -> None:
+        assert self.loop is not None
+        try:
+            infos = await self.loop.getaddrinfo(dest.host, dest.port, type=2)
+            host = infos[0][4][0]
+        except OSError:
+            self._failed(ct)
+            return
+        listener.send(data, host, dest.port)
+
+    async def _connect_and_send(self, data: bytes, dest: Address, ct) -> None:
+        try:
+            conn = await self.tcp.connect(dest.host, dest.port)
+        except (OSError, asyncio.TimeoutError) as e:
+            log.info("TCP connect to %s:%s failed: %s", dest.host, dest.port, e)
+            self._failed(ct)
+            return
+        if not conn.write(data):
+            self._failed(ct)
+
+    def _failed(self, ct: ClientTransaction | None) -> None:
+        if ct is None or self.loop is None:
+            return
+        self.core.transport_failed(ct, self.loop.time())
+        self._flush()
+
+
+def install_uvloop() -> bool:
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True

@@ -1,0 +1,227 @@
+"""RFC 3261 §17 non-INVITE transactions, sans-I/O.
+
+Server side: a retransmitted request is matched to its transaction and gets
+the identical final response (the latest provisional while Proceeding,
+nothing while the TU is still working); further responses from the TU after
+the final one are discarded; the transaction lingers for Timer J (64*T1 on
+UDP, 0 on reliable transports).
+
+Client side (our NOTIFYs): Timer E retransmits over UDP with back-off up to
+T2, Timer F gives up after 64*T1, Timer K absorbs late responses. The TU gets
+exactly one result: the final response, or None on timeout.
+
+Time is always passed in; nothing here reads a clock or touches a socket.
+Bytes to send are appended to `outbox` as (data, Address, client transaction
+or None); the runtime reports a send failure back with `transport_failed`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from presenced.transaction.timers import TimerHandle, TimerHeap
+from presenced.sip.errors import SipParseError
+from presenced.sip.message import Request, Response
+
+T1 = 0.5
+T2 = 4.0
+T4 = 5.0
+
+MAGIC = "z9hG4bK"
+
+
+@dataclass(slots=True, frozen=True)
+class Address:
+    """Where to send bytes: transport name, host, port and, for stream
+    transports, the connection a message arrived on (reused when still open)."""
+
+    transport: str
+    host: str
+    port: int
+    conn: Any = None
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport.lower() != "udp"
+
+
+def new_branch() -> str:
+    return MAGIC + secrets.token_hex(8)
+
+
+def server_key(req: Request) -> tuple:
+    via = req.top_via
+    method = "INVITE" if req.method == "ACK" else req.method
+    branch = via.branch
+    if branch and branch.startswith(MAGIC):
+        return (branch, via.host.lower(), via.port, method)
+    # RFC 2543 peers: no usable branch, match on the request identifiers
+    # (§17.2.3: Request-URI, From tag, Call-ID, CSeq, top Via).
+    from_tag = req.from_.tag
+    return ("2543", req.uri_text, req.call_id, from_tag, req.cseq.seq, method, via.raw)
+
+
+class ServerTransaction:
+    __slots__ = ("key", "source", "last_response", "provisional", "timer", "method")
+
+    def __init__(self, key: tuple, source: Address, method: str) -> None:
+        self.key = key
+        self.source = source
+        self.method = method
+        # The final response (set once: the transaction is then Completed).
+        self.last_response: tuple[bytes, Address] | None = None
+        # The most recent provisional response (Proceeding state).
+        self.provisional: tuple[bytes, Address] | None = None
+        self.timer: TimerHandle | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.last_response is not None
+
+
+class ClientTransaction:
+    __slots__ = ("key", "data", "dest", "on_result", "timer_e", "timer_f", "interval", "done", "retransmits")
+
+    def __init__(self, key: tuple, data: bytes, dest: Address, on_result: Callable[[Response | None], None]) -> None:
+        self.key = key
+        self.data = data
+        self.dest = dest
+        self.on_result = on_result
+        self.timer_e: TimerHandle | None = None
+        self.timer_f: TimerHandle | None = None
+        self.interval = T1
+        self.done = False
+        self.retransmits = 0
+
+
+class TransactionLayer:
+    def __init__(self, timers: TimerHeap, t1: float = T1, t2: float = T2, t4: float = T4) -> None:
+        self.timers = timers
+        self.t1, self.t2, self.t4 = t1, t2, t4
+        self.server: dict[tuple, ServerTransaction] = {}
+        self.client: dict[tuple, ClientTransaction] = {}
+        self.outbox: list[tuple[bytes, Address, ClientTransaction | None]] = []
+        self.stats = {"retransmissions_absorbed": 0, "notify_retransmits": 0, "client_timeouts": 0, "stray_responses": 0}
+
+    # -- server side -------------------------------------------------------
+    def receive_request(self, req: Request, source: Address) -> ServerTransaction | None:
+        """Return a new transaction for a new request, or None for a
+        retransmission (which has then been answered from the transaction)."""
+        key = server_key(req)
+        st = self.server.get(key)
+        if st is not None:
+            self.stats["retransmissions_absorbed"] += 1
+            # Completed: the final response; Proceeding: the latest provisional
+            # (§17.2.2); Trying: nothing.
+            last = st.last_response or st.provisional
+            if last is not None and req.method != "ACK":
+                data, dest = last
+                self.outbox.append((data, source if source.reliable else dest, None))
+            return None
+        if req.method == "ACK":
+            return None  # ACK to a non-2xx final we sent: absorbed
+        st = ServerTransaction(key, source, req.method)
+        self.server[key] = st
+        return st
+
+    def respond(self, st: ServerTransaction, data: bytes, dest: Address, now: float, final: bool = True) -> None:
+        if st.completed:
+            # §17.2.2: any other response from the TU once Completed is discarded.
+            return
+        self.outbox.append((data, dest, None))
+        if not final:
+            st.provisional = (data, dest)
+            return
+        st.last_response = (data, dest)
+        linger = 64 * self.t1 if not st.source.reliable else 0.0
+        if linger <= 0:
+            self.server.pop(st.key, None)
+        else:
+            st.timer = self.timers.schedule(now + linger, self._timer_j, st)
+
+    def _timer_j(self, now: float, st: ServerTransaction) -> None:
+        if self.server.get(st.key) is st:
+            del self.server[st.key]
+
+    # -- client side -------------------------------------------------------
+    def send_request(
+        self, data: bytes, branch: str, method: str, dest: Address, now: float,
+        on_result: Callable[[Response | None], None],
+    ) -> ClientTransaction:
+        key = (branch, method)
+        ct = ClientTransaction(key, data, dest, on_result)
+        ct.interval = self.t1
+        self.client[key] = ct
+        self.outbox.append((data, dest, ct))
+        if not dest.reliable:
+            ct.timer_e = self.timers.schedule(now + self.t1, self._timer_e, ct)
+        ct.timer_f = self.timers.schedule(now + 64 * self.t1, self._timer_f, ct)
+        return ct
+
+    def _timer_e(self, now: float, ct: ClientTransaction) -> None:
+        if ct.done:
+            return
+        self.outbox.append((ct.data, ct.dest, ct))
+        ct.retransmits += 1
+        self.stats["notify_retransmits"] += 1
+        ct.interval = min(ct.interval * 2, self.t2)
+        ct.timer_e = self.timers.schedule(now + ct.interval, self._timer_e, ct)
+
+    def _timer_f(self, now: float, ct: ClientTransaction) -> None:
+        if ct.done:
+            return
+        self._finish(ct)
+        # Terminated: forget the transaction (a late response is stray).
+        if self.client.get(ct.key) is ct:
+            del self.client[ct.key]
+        self.stats["client_timeouts"] += 1
+        ct.on_result(None)
+
+    def _finish(self, ct: ClientTransaction) -> None:
+        ct.done = True
+        if ct.timer_e is not None:
+            ct.timer_e.cancel()
+        if ct.timer_f is not None:
+            ct.timer_f.cancel()
+
+    def _timer_k(self, now: float, ct: ClientTransaction) -> None:
+        if self.client.get(ct.key) is ct:
+            del self.client[ct.key]
+
+    def transport_failed(self, ct: ClientTransaction) -> None:
+        """The transport could not send (e.g. TCP connect refused): fail now."""
+        if ct.done:
+            return
+        self._finish(ct)
+        if self.client.get(ct.key) is ct:
+            del self.client[ct.key]
+        ct.on_result(None)
+
+    def receive_response(self, resp: Response, now: float) -> bool:
+        """Match a response to a client transaction (§17.1.3). False if stray."""
+        try:
+            via = resp.top_via
+            key = (via.branch, resp.cseq.method)
+        except (SipParseError, ValueError):
+            self.stats["stray_responses"] += 1
+            return False
+        ct = self.client.get(key)
+        if ct is None:
+            self.stats["stray_responses"] += 1
+            return False
+        if ct.done:
+            return True  # retransmitted final response absorbed (Timer K)
+        if resp.status < 200:
+            # Proceeding: keep retransmitting at T2 (UDP).
+            if ct.timer_e is not None:
+                ct.interval = self.t2
+            return True
+        self._finish(ct)
+        if ct.dest.reliable:
+            del self.client[key]
+        else:
+            self.timers.schedule(now + self.t4, self._timer_k, ct)
+        ct.on_result(resp)
+        return True

@@ -1,0 +1,61 @@
+"""A deadline heap: the one timer mechanism of the sans-I/O core.
+
+Everything that expires (transactions, publications, subscriptions) puts a
+deadline here; the runtime arms one OS timer for `next_deadline()` and calls
+`run_due(now)`. Cancellation is lazy: a cancelled entry stays in the heap and
+is skipped when popped, which keeps cancel O(1).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Any, Callable
+
+
+class TimerHandle:
+    __slots__ = ("when", "callback", "args", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[..., Any], args: tuple) -> None:
+        self.when = when
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class TimerHeap:
+    __slots__ = ("_heap", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, TimerHandle]] = []
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def schedule(self, when: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
+        h = TimerHandle(when, callback, args)
+        heapq.heappush(self._heap, (when, next(self._seq), h))
+        return h
+
+    def next_deadline(self) -> float | None:
+        heap = self._heap
+        while heap and heap[0][2].cancelled:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def run_due(self, now: float) -> int:
+        """Fire every timer due at `now`; returns how many fired."""
+        heap = self._heap
+        fired = 0
+        while heap and heap[0][0] <= now:
+            _, _, h = heapq.heappop(heap)
+            if h.cancelled:
+                continue
+            h.cancelled = True
+            h.callback(now, *h.args)
+            fired += 1
+        return fired

@@ -1,0 +1,169 @@
+"""TCP listener and connection registry.
+
+Connections are reused both ways (RFC 3261 §18.2.2, RFC 5626 spirit): a
+request is answered on the connection it came in on, and later NOTIFYs to
+that peer go over it while it is open, which is what phones that put their
+connection's ephemeral port (or `;alias`) in Contact need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import Callable
+
+from presenced.sip.errors import SipParseError
+from presenced.sip.framing import PING, PONG, StreamFramer
+from presenced.transaction.layer import Address
+
+log = logging.getLogger("presenced.transport.tcp")
+
+OnMessage = Callable[[bytes, Address, tuple[str, int]], None]
+
+
+class TcpConnection(asyncio.Protocol):
+    def __init__(self, registry: "TcpRegistry", on_message: OnMessage, outbound: bool = False) -> None:
+        self.registry = registry
+        self.on_message = on_message
+        self.framer = StreamFramer()
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.local: tuple[str, int] = ("", 0)
+        self.last_activity = time.monotonic()
+        self.outbound = outbound
+        self.closed = False
+        self.address: Address | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername") or ("", 0)
+        local = transport.get_extra_info("sockname") or ("", 0)
+        self.peer = (peer[0], peer[1])
+        self.local = (local[0], local[1])
+        self.address = Address("tcp", self.peer[0], self.peer[1], self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        if not self.registry.add(self):
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+        try:
+            items = self.framer.feed(data)
+        except SipParseError as e:
+            # The stream cannot be resynchronised: answer what we can, then close.
+            log.info("closing TCP connection from %s:%s: %s", self.peer[0], self.peer[1], e.reason)
+            self.registry.framing_errors += 1
+            if self.registry.on_error is not None and self.address is not None:
+                self.registry.on_error(bytes(self.framer._buf[:16384]), e, self.address)
+            self.close()
+            return
+        for item in items:
+            if item is PING or item == PING:
+                self.write(PONG)
+                continue
+            assert self.address is not None
+            self.on_message(item, self.address, self.local)
+
+    def write(self, data: bytes) -> bool:
+        if self.closed or self.transport is None or self.transport.is_closing():
+            return False
+        self.last_activity = time.monotonic()
+        self.transport.write(data)
+        return True
+
+    @property
+    def is_open(self) -> bool:
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.registry.remove(self)
+
+
+class TcpRegistry:
+    """All open connections, by peer address; enforces the global limit."""
+
+    def __init__(self, on_message: OnMessage, max_connections: int = 10000, idle_timeout: float = 600.0) -> None:
+        self.on_message = on_message
+        self.on_error: Callable[[bytes, SipParseError, Address], None] | None = None
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.by_peer: dict[tuple[str, int], TcpConnection] = {}
+        self.all: set[TcpConnection] = set()
+        self.servers: list[asyncio.AbstractServer] = []
+        self.framing_errors = 0
+        self.refused = 0
+        self._connecting: dict[tuple[str, int], asyncio.Future] = {}
+
+    def add(self, conn: TcpConnection) -> bool:
+        if len(self.all) >= self.max_connections:
+            self.refused += 1
+            return False
+        self.all.add(conn)
+        self.by_peer[conn.peer] = conn
+        return True
+
+    def remove(self, conn: TcpConnection) -> None:
+        self.all.discard(conn)
+        if self.by_peer.get(conn.peer) is conn:
+            del self.by_peer[conn.peer]
+
+    def find(self, host: str, port: int) -> TcpConnection | None:
+        conn = self.by_peer.get((host, port))
+        return conn if conn is not None and conn.is_open else None
+
+    async def connect(self, host: str, port: int, timeout: float = 5.0) -> TcpConnection:
+        key = (host, port)
+        pending = self._connecting.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+        self._connecting[key] = fut
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: TcpConnection(self, self.on_message, outbound=True), host, port),
+                timeout,
+            )
+            fut.set_result(conn)
+            return conn  # type: ignore[return-value]
+        except BaseException as e:
+            fut.set_exception(e if isinstance(e, Exception) else ConnectionError(str(e)))
+            fut.exception()  # mark retrieved
+            raise
+        finally:
+            self._connecting.pop(key, None)
+
+    def sweep_idle(self) -> int:
+        now = time.monotonic()
+        n = 0
+        for conn in list(self.all):
+            if now - conn.last_activity > self.idle_timeout:
+                conn.close()
+                n += 1
+        return n
+
+    async def listen(self, host: str, port: int) -> asyncio.AbstractServer:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: TcpConnection(self, self.on_message), host, port, reuse_address=True, backlog=1024
+        )
+        self.servers.append(server)
+        return server
+
+    def close_all(self) -> None:
+        for s in self.servers:
+            s.close()
+        for conn in list(self.all):
+            conn.close()

@@ -1,0 +1,76 @@
+"""UDP listener: one datagram is one SIP message (RFC 3261 §18.3)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Callable
+
+from presenced.transaction.layer import Address
+
+MAX_DATAGRAM = 65535  # RFC 3261 §18.1.1: must accept up to 65,535 bytes
+
+
+class UdpListener(asyncio.DatagramProtocol):
+    """Receives datagrams and hands them to `on_message(data, source, local)`."""
+
+    def __init__(self, host: str, port: int, on_message: Callable[[bytes, Address, tuple[str, int]], None]) -> None:
+        self.host = host
+        self.port = port
+        self.on_message = on_message
+        self.transport: asyncio.DatagramTransport | None = None
+        self._local_for_peer: dict[str, str] = {}
+        self.wildcard = host in ("0.0.0.0", "::", "")
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sockname = transport.get_extra_info("sockname")
+        if sockname:
+            self.port = sockname[1]
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        if not data.strip(b"\r\n\x00 "):
+            return  # keep-alive datagram
+        host, port = addr[0], addr[1]
+        local_host = self.local_address_for(host) if self.wildcard else self.host
+        self.on_message(data, Address("udp", host, port, self), (local_host, self.port))
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors for earlier sends; the transaction layer times out
+
+    def send(self, data: bytes, host: str, port: int) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(data, (host, port))
+
+    def local_address_for(self, peer: str) -> str:
+        """Which local address routes to `peer` (for Via/Contact when bound to a wildcard)."""
+        cached = self._local_for_peer.get(peer)
+        if cached is not None:
+            return cached
+        family = socket.AF_INET6 if ":" in peer else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect((peer, 9))
+                local = s.getsockname()[0]
+        except OSError:
+            local = "127.0.0.1" if family == socket.AF_INET else "::1"
+        if len(self._local_for_peer) > 10000:
+            self._local_for_peer.clear()
+        self._local_for_peer[peer] = local
+        return local
+
+
+async def start_udp(host: str, port: int, on_message) -> UdpListener:
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+        except OSError:
+            pass
+    sock.bind((host, port))
+    sock.setblocking(False)
+    _, proto = await loop.create_datagram_endpoint(lambda: UdpListener(host, port, on_message), sock=sock)
+    return proto
