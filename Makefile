@@ -1,4 +1,4 @@
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
@@ -18,7 +18,20 @@ run: venv
 	$(VENV)/bin/presenced serve $(ARGS)
 
 test: venv
-	$(PY) -m pytest $(ARGS)
+	@$(PY) -m pytest $(ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests: failing loudly" >&2; exit 1; fi; \
+	exit $$rc
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
+
+# Benchmarks: `make bench` runs the shared SIPp harness (../shared/bench) with
+# Kamailio as baseline and presenced as "ours" (BENCH_MODE=quick|full,
+# BENCH_REPEAT=N); results go to bench/results/. `make bench-micro` times the
+# hot functions in-process.
+.PHONY: bench-micro
+bench: venv
+	VENV=$(VENV) bash bench/run-vs-kamailio.sh
+
+bench-micro: venv
+	$(PY) bench/micro.py $(ARGS)

@@ -48,7 +48,8 @@ def main() -> None:
 @click.option("--db-url", metavar="URL", help="memory, sqlite:///path, postgresql://..., mysql://...")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.PARAM=VALUE", help="Override a parameter (Kamailio names).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
-def serve(config_file, listen, db_url, sets, log_level) -> None:
+@click.option("--route", "route_spec", metavar="MODULE:FUNCTION", help="Python routing hook called for each request.")
+def serve(config_file, listen, db_url, sets, log_level, route_spec) -> None:
     """Run the server in the foreground until SIGTERM/SIGINT."""
     cfg = _load(config_file, listen, db_url, sets, log_level)
     logging.basicConfig(
@@ -67,6 +68,10 @@ def serve(config_file, listen, db_url, sets, log_level) -> None:
     install_uvloop()
     try:
         server = Server(cfg, list(cfg.listen.addresses))
+        if route_spec:
+            from presenced.api.presence import install_route, load_route
+
+            install_route(server.core, load_route(route_spec))
     except ValueError as e:
         _fail(str(e))
     try:

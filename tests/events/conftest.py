@@ -1,9 +1,8 @@
-"""Shared fixtures for the event body-format tests."""
+"""Fixtures for the event body-format tests."""
 
 from __future__ import annotations
 
 import pathlib
-import re
 import sys
 
 import pytest
@@ -13,24 +12,7 @@ try:  # the package may not be installed in the venv yet
 except ImportError:  # pragma: no cover - depends on the environment
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "src"))
 
-DATA = pathlib.Path(__file__).resolve().parent / "data"
-TRACE_DIR = pathlib.Path("/work/shared/docs/client-traces")
-
-CLIENT_BODIES = sorted(p.name for p in DATA.glob("*.xml"))
-
-
-def load(name: str) -> bytes:
-    return (DATA / name).read_bytes()
-
-
-def trace_pidf_bodies() -> list[bytes]:
-    """Every PIDF body in the shared client traces (empty if not available)."""
-    bodies = []
-    if TRACE_DIR.is_dir():
-        for path in sorted(TRACE_DIR.glob("*.txt")):
-            text = path.read_text(encoding="utf-8")
-            bodies += [m.group(0).encode() for m in re.finditer(r"<\?xml.*?</presence>", text, re.S)]
-    return bodies
+from formats_support import load  # noqa: E402
 
 
 @pytest.fixture

@@ -95,6 +95,9 @@ class PresenceEngine:
         self.watchers: dict[tuple[str, str, str], tuple[str, str | None]] = {}
         self._composed: dict[tuple[str, str], VersionedBody | None] = {}
         self._pub_seq = 0
+        # Non-PUBLISH state sources (e.g. the registrar for `reg`), by package key:
+        # provider(pres_uri, entity) -> body or None.
+        self.state_providers: dict[str, Callable[[str, str], VersionedBody | None]] = {}
         # hooks
         self.authorize: Callable[[str, str, str, Subscription], tuple[str, str | None]] | None = None
         self.notify_reply_hook: Callable[[Subscription, Response | None], bool] | None = None
@@ -276,12 +279,21 @@ class PresenceEngine:
         if key in self._composed:
             return self._composed[key]
         pubs = self.live_publications(key, now)
+        provider = self.state_providers.get(pkg.key)
         if pubs:
             body = pkg.compose(entity, [PublicationView(p.etag, p.body, p.content_type, p.received) for p in pubs])
+        elif provider is not None:
+            body = provider(key[0], entity) or pkg.empty_body(entity)
         else:
             body = pkg.empty_body(entity)
         self._composed[key] = body
         return body
+
+    def state_changed(self, pres_uri: str, event: str, now: float) -> None:
+        """A non-PUBLISH state source changed: NOTIFY the active watchers."""
+        pkg = self.registry.get(event)
+        if pkg is not None:
+            self._publication_changed((pres_uri, pkg.key), pkg, now, None)
 
     def _publication_changed(self, key: tuple[str, str], pkg: EventPackage, now: float, sender: str | None) -> None:
         self._composed.pop(key, None)

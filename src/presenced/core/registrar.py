@@ -39,6 +39,7 @@ class Registrar:
         self.default_expires = default_expires
         self.bindings: dict[str, dict[str, Binding]] = {}
         self._counter = 0
+        self._pending: list[tuple[str, list[tuple[Binding, str]]]] = []
         self.on_change: Callable[[str, float, list[tuple[Binding, str]]], None] | None = None
 
     def handle(self, req: Request, now: float) -> tuple[int, str, list[tuple[str, str]]]:
@@ -106,9 +107,16 @@ class Registrar:
             ("Contact", f"<{b.contact}>;expires={max(0, int(b.expires_at - now))}")
             for b in self.bindings.get(aor, {}).values()
         ]
-        if changes and self.on_change is not None:
-            self.on_change(aor, now, changes)
+        if changes:
+            # Reported after the 200 is out (see flush_changes).
+            self._pending.append((aor, changes))
         return 200, "OK", headers
+
+    def flush_changes(self, now: float) -> None:
+        pending, self._pending = self._pending, []
+        if self.on_change is not None:
+            for aor, changes in pending:
+                self.on_change(aor, now, changes)
 
     def _arm(self, b: Binding) -> None:
         if b.timer is not None:

@@ -11,6 +11,7 @@ arms one OS timer for `next_deadline()`.
 from __future__ import annotations
 
 import logging
+import zlib
 from typing import Any, Callable
 
 from presenced import __version__
@@ -50,10 +51,41 @@ class SipCore:
                 max_expires=int(_opt(cfg, "registrar", "max_expires", 3600)),
                 default_expires=int(_opt(cfg, "registrar", "default_expires", 3600)),
             )
+        if self.registrar is not None and self.registry.get("reg") is not None:
+            self._reg_recent: dict[str, list] = {}
+            self.registrar.on_change = self._registration_changed
+            self.engine.state_providers["reg"] = self._reginfo_for
         self.route: Callable[..., Any] | None = None
         self.stats: dict[str, int] = {"dropped": 0, "parse_errors": 0, "internal_errors": 0}
         self.requests_by_method: dict[str, int] = {}
         self.responses_by_code: dict[int, int] = {}
+
+    # ------------------------------------------------------ registrar → reg
+    def _registration_changed(self, aor: str, now: float, changes: list) -> None:
+        self._reg_recent[aor] = [(b, ev) for b, ev in changes if ev in ("expired", "unregistered")]
+        self.engine.state_changed(aor, "reg", now)
+
+    def _reginfo_for(self, aor: str, entity: str):
+        """RFC 3680 document for the registrar's bindings of `aor`."""
+        from presenced.events.formats.reginfo import ContactEntry, render_reginfo
+
+        assert self.registrar is not None
+        now = self.engine._last_now
+        contacts = [
+            ContactEntry(
+                id=b.id, uri=b.contact, state="active", event="registered", expires=max(0, int(b.expires_at - now)),
+                q=b.q, callid=b.call_id, cseq=b.cseq, duration_registered=max(0, int(now - b.registered_at)),
+            )
+            for b in self.registrar.lookup(aor)
+        ]
+        contacts += [
+            ContactEntry(id=b.id, uri=b.contact, state="terminated", event=ev, callid=b.call_id, cseq=b.cseq)
+            for b, ev in self._reg_recent.pop(aor, [])
+        ]
+        if not contacts:
+            return None
+        state = "active" if any(c.state == "active" for c in contacts) else "terminated"
+        return render_reginfo(aor, "r%08x" % zlib.crc32(aor.encode()), state, contacts)
 
     @property
     def outbox(self) -> list[tuple[bytes, Address, ClientTransaction | None]]:
@@ -244,6 +276,7 @@ class SipCore:
         elif method == "REGISTER" and self.registrar is not None:
             status, reason, headers = self.registrar.handle(req, now)
             self.respond(req, st, Reply(status, reason, headers), now)
+            self.registrar.flush_changes(now)
         else:
             self.respond(req, st, Reply(405, "Method Not Allowed", [("Allow", self.allow())]), now)
 
