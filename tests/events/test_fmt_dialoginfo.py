@@ -24,7 +24,9 @@ def dialog(did: str, state: str, *, direction: str = "recipient", call_id: str |
     )
 
 
-def dinfo(*dialogs: str, version: str | None = "7", state: str = "full", entity: str = "sip:100@pub") -> bytes:
+def dinfo(
+    *dialogs: str, version: str | None = "7", state: str = "full", entity: str = "sip:100@pub"
+) -> bytes:
     ver = f' version="{version}"' if version is not None else ""
     return (
         f'<?xml version="1.0"?>\n<dialog-info xmlns="{NS_DIALOG_INFO}"{ver} state="{state}"'
@@ -174,7 +176,7 @@ def test_no_publications_gives_empty_full_document():
 
 
 def test_bad_publications_and_id_less_dialogs_are_skipped():
-    bodies = [b"<oops", dinfo('<dialog><state>early</state></dialog>', dialog("a", "early"))]
+    bodies = [b"<oops", dinfo("<dialog><state>early</state></dialog>", dialog("a", "early"))]
     assert dialogs_of(compose_dialoginfo(ENTITY, bodies)) == [("a", "early")]
 
 

@@ -141,8 +141,10 @@ def test_duplicate_tuple_id_first_body_wins(baresip_open, baresip_closed):
 
 def test_ids_are_unique_across_component_kinds():
     a = pidf(tuple_("x") + '<dm:person id="p"/>')
-    b = pidf('<dm:person id="x"/><dm:device id="p"><dm:deviceID>urn:d</dm:deviceID></dm:device>'
-             '<dm:device id="d2"><dm:deviceID>urn:e</dm:deviceID></dm:device>')
+    b = pidf(
+        '<dm:person id="x"/><dm:device id="p"><dm:deviceID>urn:d</dm:deviceID></dm:device>'
+        '<dm:device id="d2"><dm:deviceID>urn:e</dm:deviceID></dm:device>'
+    )
     root = parse_xml(compose_pidf(ENTITY, [a, b]))
     all_ids = [el.get("id") for el in root if el.get("id") is not None]
     assert sorted(all_ids) == ["d2", "p", "x"]
@@ -186,7 +188,7 @@ def test_other_rpid_prefix_normalised_and_resolved():
 def test_unqualified_elements_keep_no_namespace():
     body = (
         f'<p:presence xmlns:p="{NS_PIDF}" entity="sip:a@b">'
-        "<p:tuple id=\"t\"><p:status><p:basic>open</p:basic><custom/></p:status></p:tuple>"
+        '<p:tuple id="t"><p:status><p:basic>open</p:basic><custom/></p:status></p:tuple>'
         "<vendor>v</vendor></p:presence>"
     ).encode()
     root = parse_xml(compose_pidf(ENTITY, [body, load("baresip-publish-open.xml")]))
@@ -245,7 +247,7 @@ def test_pres_check_activities(baresip_open, linphone_busy):
 RICH = pidf(
     '<tuple id="t1"><status><basic>open</basic><rpid:x/></status><contact>sip:t@h</contact>'
     "<note>tuple note</note><timestamp>2026-01-01T00:00:00Z</timestamp></tuple>"
-    '<note>presence note</note>'
+    "<note>presence note</note>"
     '<dm:person id="p1"><rpid:activities><rpid:busy/></rpid:activities>'
     "<rpid:mood><rpid:happy/></rpid:mood><dm:timestamp>2026-01-01T00:00:00Z</dm:timestamp></dm:person>"
     '<dm:device id="d1"><rpid:user-input>idle</rpid:user-input><dm:deviceID>urn:uuid:1</dm:deviceID>'

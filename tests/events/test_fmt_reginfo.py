@@ -16,7 +16,13 @@ from presenced.events.formats.xml import BodyError, parse_xml
 RI = f"{{{NS_REGINFO}}}"
 
 
-def contact(cid: str = "c1", uri: str = "sip:alice@192.0.2.1", state: str = "active", event: str = "registered", extra: str = "") -> str:
+def contact(
+    cid: str = "c1",
+    uri: str = "sip:alice@192.0.2.1",
+    state: str = "active",
+    event: str = "registered",
+    extra: str = "",
+) -> str:
     return f'<contact id="{cid}" state="{state}" event="{event}"{extra}><uri>{uri}</uri></contact>'
 
 
@@ -30,7 +36,9 @@ def reginfo(*regs: str, version: str | None = "0", state: str = "full") -> bytes
 
 
 def test_valid_documents():
-    validate_reginfo(reginfo(registration("sip:alice@example.com", "r1", contact(extra=' expires="3600" q="0.5"'))))
+    validate_reginfo(
+        reginfo(registration("sip:alice@example.com", "r1", contact(extra=' expires="3600" q="0.5"')))
+    )
     validate_reginfo(reginfo(version=None))
     validate_reginfo(reginfo(registration("sip:a@b", "r", state="init"), state="partial"))
 
@@ -90,7 +98,17 @@ def test_compose_empty_and_broken():
 
 def test_render_reginfo_round_trips():
     contacts = [
-        ContactEntry("c1", "sip:alice@192.0.2.1:5060;transport=tcp", "active", "registered", expires=3600, q="0.8", callid="abc@h", cseq=12, duration_registered=30),
+        ContactEntry(
+            "c1",
+            "sip:alice@192.0.2.1:5060;transport=tcp",
+            "active",
+            "registered",
+            expires=3600,
+            q="0.8",
+            callid="abc@h",
+            cseq=12,
+            duration_registered=30,
+        ),
         ContactEntry("c2", "sip:alice@198.51.100.7", "terminated", "expired"),
     ]
     vb = render_reginfo("sip:alice@example.com", "r1", "active", contacts)
@@ -102,15 +120,26 @@ def test_render_reginfo_round_trips():
     assert (reg.get("aor"), reg.get("id"), reg.get("state")) == ("sip:alice@example.com", "r1", "active")
     first, second = list(reg)
     assert first.attrib == {
-        "id": "c1", "state": "active", "event": "registered", "expires": "3600", "q": "0.8",
-        "callid": "abc@h", "cseq": "12", "duration-registered": "30",
+        "id": "c1",
+        "state": "active",
+        "event": "registered",
+        "expires": "3600",
+        "q": "0.8",
+        "callid": "abc@h",
+        "cseq": "12",
+        "duration-registered": "30",
     }
     assert first.findtext(RI + "uri") == "sip:alice@192.0.2.1:5060;transport=tcp"
     assert second.attrib == {"id": "c2", "state": "terminated", "event": "expired"}
 
 
 def test_render_reginfo_escapes():
-    vb = render_reginfo('sip:a&"<b>@x', 'r"1', "terminated", [ContactEntry('c<', "sip:<x>&@y", "terminated", "unregistered", callid='"q"')])
+    vb = render_reginfo(
+        'sip:a&"<b>@x',
+        'r"1',
+        "terminated",
+        [ContactEntry("c<", "sip:<x>&@y", "terminated", "unregistered", callid='"q"')],
+    )
     out = vb.render(9)
     validate_reginfo(out)
     reg = parse_xml(out)[0]

@@ -76,7 +76,9 @@ def test_escapes_markup_in_uris_ids_and_names():
 
 
 def test_characters_xml_cannot_carry_are_replaced():
-    out = render_watcherinfo(0, "full", "sip:a@b", "presence", [WatcherEntry("i", "sip:\x00\x1b@b", "active", "subscribe")])
+    out = render_watcherinfo(
+        0, "full", "sip:a@b", "presence", [WatcherEntry("i", "sip:\x00\x1b@b", "active", "subscribe")]
+    )
     assert watchers_of(out)[0].text == "sip:\ufffd\ufffd@b"
 
 

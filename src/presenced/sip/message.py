@@ -436,8 +436,8 @@ def check_request(req: Request) -> None:
     cseq = req.cseq
     if cseq.method != req.method:
         raise SipParseError("CSeq method does not match the request method")
-    req.from_  # noqa: B018
-    req.to  # noqa: B018
+    req.from_.uri  # noqa: B018 - the name-addr and its URI must parse
+    req.to.uri  # noqa: B018
     req.max_forwards  # noqa: B018
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from .xml import BodyError, VersionedBody, append_children, local_name, new_root, parse_xml, reindent
+from .xml import BodyError, VersionedBody, append_children, local_name, new_root, parse_xml
 
 __all__ = [
     "NS_DIALOG_INFO",
@@ -151,7 +151,6 @@ def compose_dialoginfo(
         dialogs = [min(dialogs, key=lambda d: rank.get(_dialog_state(d), worst))]
     out = _new_document(entity, roots)
     append_children(out, dialogs + others)
-    reindent(out)
     return VersionedBody.from_root(out)
 
 

@@ -8,7 +8,7 @@ writes the children in schema order (tuple*, note*, extensions).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from lxml import etree
 
@@ -161,16 +161,13 @@ def dummy_pidf(entity: str) -> bytes:
     Deliberately `closed` with nothing else: Kamailio's dummy claims the user
     is available, which is a lie a watcher would act on.
     """
-    return (
-        XML_DECL
-        + (
-            f'<presence xmlns="{NS_PIDF}" entity="{escape_attr(entity)}">\n'
-            f'  <tuple id="{DUMMY_TUPLE_ID}">\n'
-            "    <status><basic>closed</basic></status>\n"
-            "  </tuple>\n"
-            "</presence>\n"
-        ).encode("utf-8")
-    )
+    return XML_DECL + (
+        f'<presence xmlns="{NS_PIDF}" entity="{escape_attr(entity)}">\n'
+        f'  <tuple id="{DUMMY_TUPLE_ID}">\n'
+        "    <status><basic>closed</basic></status>\n"
+        "  </tuple>\n"
+        "</presence>\n"
+    ).encode()
 
 
 def pres_check_basic(bodies: list[bytes], status: str) -> bool:

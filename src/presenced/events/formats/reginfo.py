@@ -17,7 +17,6 @@ from .xml import (
     local_name,
     new_root,
     parse_xml,
-    reindent,
 )
 
 __all__ = [
@@ -146,7 +145,6 @@ def compose_reginfo(entity: str, bodies: list[bytes]) -> VersionedBody:
     out.set("version", "0")
     out.set("state", "full")
     append_children(out, registrations + others)
-    reindent(out)
     return VersionedBody.from_root(out)
 
 
@@ -171,9 +169,7 @@ def _uint_attr(name: str, value: int | None) -> str:
     return f' {name}="{int(value)}"'
 
 
-def render_reginfo(
-    aor: str, reg_id: str, reg_state: str, contacts: list[ContactEntry]
-) -> VersionedBody:
+def render_reginfo(aor: str, reg_id: str, reg_state: str, contacts: list[ContactEntry]) -> VersionedBody:
     """Full-state reginfo for one AoR of the built-in registrar.
 
     Enumerated values are checked (ValueError) because a typo here would
@@ -194,9 +190,7 @@ def render_reginfo(
                 raise ValueError(f"invalid contact state {c.state!r}")
             if c.event not in CONTACT_EVENTS:
                 raise ValueError(f"invalid contact event {c.event!r}")
-            parts.append(
-                f'    <contact id="{escape_attr(c.id)}" state="{c.state}" event="{c.event}"'
-            )
+            parts.append(f'    <contact id="{escape_attr(c.id)}" state="{c.state}" event="{c.event}"')
             parts.append(_uint_attr("expires", c.expires))
             if c.q is not None:
                 parts.append(f' q="{escape_attr(str(c.q))}"')

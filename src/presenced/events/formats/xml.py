@@ -10,7 +10,7 @@ from __future__ import annotations
 import operator
 import re
 import threading
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from lxml import etree
 
@@ -144,9 +144,7 @@ def escape_text(value: str) -> str:
     if not _TEXT_SPECIAL.search(value):
         return value
     value = _INVALID_XML_CHARS.sub("\ufffd", value)
-    return (
-        value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
-    )
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
 
 
 def escape_attr(value: str) -> str:
@@ -185,7 +183,7 @@ class VersionedBody:
         self._tail = bytes(tail)
 
     @classmethod
-    def fixed(cls, data: bytes) -> "VersionedBody":
+    def fixed(cls, data: bytes) -> VersionedBody:
         """A body that has no version (PIDF, message-summary): rendered as is."""
         obj = cls.__new__(cls)
         obj._head = bytes(data)
@@ -193,7 +191,7 @@ class VersionedBody:
         return obj
 
     @classmethod
-    def from_root(cls, root: etree._Element) -> "VersionedBody":
+    def from_root(cls, root: etree._Element) -> VersionedBody:
         """Serialise `root` and split it around its own `version` attribute."""
         root.set("version", "0")
         data = XML_DECL + etree.tostring(root, encoding="UTF-8", xml_declaration=False)
@@ -237,6 +235,7 @@ class VersionedBody:
 
 # --------------------------------------------------------------------------
 # Helpers shared by the compositors.
+
 
 def new_root(
     ns: str,
