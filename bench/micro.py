@@ -19,6 +19,7 @@ timed); the table shows the median (and min) microseconds per operation.
 
   python bench/micro.py                 # table
   python bench/micro.py --json out.json # also write the numbers
+  python bench/micro.py --compare bench/results/micro-baseline.json   # exit 1 on a >2x slowdown (--tolerance)
   python bench/micro.py --only "core PUBLISH initial" --runs 1 -n 20000   # e.g. under cProfile
 """
 
@@ -260,6 +261,9 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the default operation counts")
     ap.add_argument("--only", action="append", default=None, help="run only benchmarks whose name contains this")
     ap.add_argument("--json", default=None, help="write the results as JSON to this file")
+    ap.add_argument("--compare", default=None, metavar="BASELINE_JSON",
+                    help="compare with an earlier --json file; exit 1 if a benchmark's best run got slower than --tolerance x")
+    ap.add_argument("--tolerance", type=float, default=2.0, help="allowed slowdown factor for --compare (default 2.0: a shared 2-core box is noisy)")
     a = ap.parse_args(argv)
 
     rows = []
@@ -287,6 +291,25 @@ def main(argv=None) -> int:
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"python": platform.python_version(), "results": rows}, f, indent=1)
+    if a.compare:
+        with open(a.compare) as f:
+            base = {r["name"]: r for r in json.load(f)["results"]}
+        worse = []
+        print()
+        # compare the best run of each side: far less sensitive to other processes than the median
+        print("| benchmark | baseline min µs/op | now min µs/op | ratio |")
+        print("|---|---:|---:|---:|")
+        for r in rows:
+            b = base.get(r["name"])
+            if not b:
+                continue
+            ratio = r["min_us"] / b["min_us"]
+            print(f"| {r['name']} | {b['min_us']:.2f} | {r['min_us']:.2f} | {ratio:.2f}x |")
+            if ratio > a.tolerance:
+                worse.append(f"{r['name']} {ratio:.2f}x")
+        if worse:
+            print(f"REGRESSION (> {a.tolerance}x): " + ", ".join(worse), file=sys.stderr)
+            return 1
     return 0
 
 

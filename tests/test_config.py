@@ -90,7 +90,7 @@ def test_kamailio_defaults_spot_check():
 def test_presenced_defaults():
     c = load_config(None)
     assert c.listen.addresses == ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060"]
-    assert c.db.url == "sqlite:///presenced.db"
+    assert c.db.url == "sqlite://presenced.db"
     assert c.http.listen == "" and c.http.token == ""
     assert c.auth.require == [] and c.auth.realm == ""
     assert c.registrar.enabled == 1
@@ -351,18 +351,24 @@ def test_listen_duplicates_and_empty():
 
 
 @pytest.mark.parametrize("url", [
-    "memory", "sqlite:///presenced.db", "sqlite:////var/lib/presenced.db",
+    "memory", "sqlite:///presenced.db", "sqlite:////var/lib/presenced.db", "sqlite://relative.db",
     "postgresql://u:p@h/db", "postgres://h/db", "mysql://kamailio:kamailiorw@localhost/k",
 ])
 def test_db_url_accepted(url):
     assert load_config(None, [f"db.url={url}"]).db.url == url
 
 
-@pytest.mark.parametrize("url", ["redis://h", "sqlite://relative.db", "text:///x", ""])
+@pytest.mark.parametrize("url", ["redis://h", "sqlite://", "text:///x", ""])
 def test_db_url_rejected(url):
     assert error(None, [f"db.url={url}"]) == (
-        f"db.url: unsupported database URL {url!r} (expected memory, sqlite:///PATH, "
-        f"postgresql://..., postgres://... or mysql://...)")
+        f"db.url: unsupported database URL {url!r} (expected memory, sqlite:///ABSOLUTE/PATH, "
+        f"sqlite://RELATIVE/PATH, postgresql://..., postgres://... or mysql://...)")
+
+
+def test_default_db_is_relative_sqlite_file():
+    # Kamailio reads everything after sqlite:// as the path, so the default
+    # ./presenced.db is written without a third slash.
+    assert load_config(None).db.url == "sqlite://presenced.db"
 
 
 def test_other_value_checks():

@@ -60,9 +60,6 @@ def serve(config_file, listen, db_url, sets, log_level, route_spec) -> None:
     log = logging.getLogger("presenced")
     for w in cfg.warnings:
         log.warning("%s", w)
-    url = cfg.db.url
-    if url != "memory":
-        log.warning("db url %s: persistent storage is not implemented yet; state is kept in memory only", _redact_url(url))
     from presenced.runtime.server import Server, install_uvloop
 
     install_uvloop()
@@ -74,8 +71,12 @@ def serve(config_file, listen, db_url, sets, log_level, route_spec) -> None:
             install_route(server.core, load_route(route_spec))
     except ValueError as e:
         _fail(str(e))
+    from presenced.storage.base import StoreError
+
     try:
         asyncio.run(server.serve_forever())
+    except StoreError as e:
+        _fail(f"storage: {e}")
     except OSError as e:
         _fail(f"cannot listen: {e}")
     except KeyboardInterrupt:

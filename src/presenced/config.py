@@ -204,14 +204,14 @@ def _check_listen(v: list[str], shown: Shown) -> list[str]:
     return out
 
 
-_DB_HINT = "expected memory, sqlite:///PATH, postgresql://..., postgres://... or mysql://..."
+_DB_HINT = "expected memory, sqlite:///ABSOLUTE/PATH, sqlite://RELATIVE/PATH, postgresql://..., postgres://... or mysql://..."
 
 
 def _check_db_url(v: str, shown: Shown) -> str:
     s = v.strip()
     if s == "memory":
         return s
-    for scheme in ("sqlite:///", "postgresql://", "postgres://", "mysql://"):
+    for scheme in ("sqlite://", "postgresql://", "postgres://", "mysql://"):
         if s.startswith(scheme) and len(s) > len(scheme):
             return s
     raise _Bad(f"unsupported database URL {shown(v)} ({_DB_HINT})")
@@ -299,8 +299,9 @@ class DbSection(_Section):
     NAME: ClassVar[str] = "db"
     TITLE: ClassVar[str] = "presenced: database (Kamailio-compatible presence tables)."
     url: str = _str(
-        "sqlite:///presenced.db",
-        "Database URL: memory, sqlite:///PATH, postgresql://..., postgres://... or mysql://...; "
+        "sqlite://presenced.db",
+        "Database URL: memory, sqlite:///ABSOLUTE/PATH (as Kamailio reads it), sqlite://RELATIVE/PATH, "
+        "postgresql://..., postgres://... or mysql://...; "
         "presence.db_url is an alias (higher-precedence source wins, db.url on a tie).",
         check=_check_db_url)
 

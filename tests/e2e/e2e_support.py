@@ -175,9 +175,7 @@ def dialog_info(entity: str, dialog_id: str = "d1", state: str = "confirmed", ve
 
 
 def tuple_ids(body: bytes) -> list[str]:
-    return re.findall(rb'<(?:[\w-]+:)?tuple\b[^>]*\bid="([^"]+)"', body and body or b"") and [
-        t.decode() for t in re.findall(rb'<(?:[\w-]+:)?tuple\b[^>]*\bid="([^"]+)"', body)
-    ]
+    return [t.decode() for t in re.findall(rb'<(?:[\w-]+:)?tuple\b[^>]*\bid="([^"]+)"', body or b"")]
 
 
 def xml_attr(body: bytes, element: str, attr: str) -> str | None:

@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from presenced.core.journal import Journal
 from presenced.core.state import Publication, Subscription
 from presenced.events.base import BodyError, EventPackage, PublicationView, VersionedBody
 from presenced.events.registry import EventRegistry
@@ -95,6 +96,10 @@ class PresenceEngine:
         self.watchers: dict[tuple[str, str, str], tuple[str, str | None]] = {}
         self._composed: dict[tuple[str, str], VersionedBody | None] = {}
         self._pub_seq = 0
+        # Set by the runtime when a store is configured; None = nothing to persist.
+        self.journal: Journal | None = None
+        # time.time() - now: converts the engine's monotonic clock to Unix time for storage.
+        self.wall_offset = 0.0
         # Non-PUBLISH state sources (e.g. the registrar for `reg`), by package key:
         # provider(pres_uri, entity) -> body or None.
         self.state_providers: dict[str, Callable[[str, str], VersionedBody | None]] = {}
@@ -199,6 +204,8 @@ class PresenceEngine:
         old.etag = new
         self.etags[new] = old
         self.publications[key][new] = old
+        if self.journal is not None:
+            self.journal.pub_saved(old)
         old.expires_at = now + expires
         self._arm_publication(old)
         if body:
@@ -231,6 +238,8 @@ class PresenceEngine:
                 self._remove_publication(other)
         self.publications.setdefault(key, {})[pub.etag] = pub
         self.etags[pub.etag] = pub
+        if self.journal is not None:
+            self.journal.pub_saved(pub)
         self._arm_publication(pub)
         return pub
 
@@ -251,6 +260,8 @@ class PresenceEngine:
                 self._publication_changed(key, pkg, now, None)
 
     def _drop_etag(self, pub: Publication) -> None:
+        if self.journal is not None:
+            self.journal.pub_deleted(pub.etag, pub.pres_uri, pub.event)
         self.etags.pop(pub.etag, None)
         pubs = self.publications.get((pub.pres_uri, pub.event))
         if pubs is not None:
@@ -457,12 +468,12 @@ class PresenceEngine:
             decision = self.authorize(sub.pres_uri, sub.watcher_uri, pkg.key, sub)
         else:
             decision = ("pending", None)
-        self.watchers[wkey] = decision
+        self._set_watcher(wkey, decision)
         return decision
 
     def _authorize_winfo(self, sub: Subscription) -> tuple[str, str | None]:
-        if self.force_active:
-            return "active", None
+        # presence_xml.force_active skips the *presence* rules (pres-rules);
+        # it must not expose who watches a presentity to anyone who asks.
         try:
             same = self._watcher_key(sub.watcher_uri) == sub.pres_uri
         except SipParseError:
@@ -475,12 +486,19 @@ class PresenceEngine:
         except SipParseError:
             return uri
 
+    def _set_watcher(self, wkey: tuple[str, str, str], decision: tuple[str, str | None]) -> None:
+        self.watchers[wkey] = decision
+        if self.journal is not None:
+            self.journal.auth_saved(wkey, decision)
+
     def _add_subscription(self, sub: Subscription) -> None:
         self.subs_by_dialog[sub.key] = sub
         self.subs_by_presentity.setdefault((sub.pres_uri, sub.event), {})[sub.key] = sub
         self._arm_subscription(sub)
 
     def _arm_subscription(self, sub: Subscription) -> None:
+        if self.journal is not None:
+            self.journal.sub_saved(sub)
         if sub.timer is not None:
             sub.timer.cancel()
         sub.timer = self.timers.schedule(sub.expires_at, self._subscription_expired, sub)
@@ -499,6 +517,8 @@ class PresenceEngine:
     def _remove_subscription(self, sub: Subscription) -> None:
         if self.subs_by_dialog.get(sub.key) is sub:
             del self.subs_by_dialog[sub.key]
+            if self.journal is not None:
+                self.journal.sub_deleted(sub)
         pk = (sub.pres_uri, sub.event)
         group = self.subs_by_presentity.get(pk)
         if group is not None:
@@ -546,6 +566,8 @@ class PresenceEngine:
 
     def _send(self, sub: Subscription, pkg: EventPackage, state: str, body: bytes, now: float) -> None:
         sub.local_cseq += 1
+        if self.journal is not None and self.subs_by_dialog.get(sub.key) is sub:
+            self.journal.sub_saved(sub)
         target_uri = sub.remote_target
         routes = list(sub.route_set)
         if routes and ";lr" not in routes[0].lower():
@@ -698,7 +720,7 @@ class PresenceEngine:
     def set_watcher_status(self, presentity_uri: str, event: str, watcher_uri: str, status: str, reason: str | None, now: float) -> int:
         """Record an authorization decision and apply it to live dialogs."""
         pres = self.presentity_key(presentity_uri)
-        self.watchers[(pres, event, self._watcher_key(watcher_uri))] = (status, reason)
+        self._set_watcher((pres, event, self._watcher_key(watcher_uri)), (status, reason))
         return self.pres_update_watchers(presentity_uri, event, now)
 
     def pres_update_watchers(self, uri: str, event: str, now: float) -> int:
@@ -716,7 +738,7 @@ class PresenceEngine:
                 new = self.watchers.get(wkey)
                 if new is None and self.authorize is not None:
                     new = self.authorize(pres, sub.watcher_uri, pkg.key, sub)
-                    self.watchers[wkey] = new
+                    self._set_watcher(wkey, new)
                 if new is None:
                     continue
             if (sub.status, sub.reason) == new:

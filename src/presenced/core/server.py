@@ -194,6 +194,12 @@ class SipCore:
             # Parse headers leniently to find Via/From/To/Call-ID/CSeq.
             head = data.split(b"\r\n\r\n", 1)[0]
             first, _, rest = head.partition(b"\r\n")
+            # Drop the message's own Content-Length (it may be the very error,
+            # e.g. larger than the datagram, RFC 3261 §18.3) before re-parsing.
+            rest = b"\r\n".join(
+                line for line in rest.split(b"\r\n")
+                if line.split(b":", 1)[0].strip().lower() not in (b"content-length", b"l")
+            )
             lenient = parse_message(b"OPTIONS sip:x SIP/2.0\r\n" + rest + b"\r\nContent-Length: 0\r\n\r\n")
             assert isinstance(lenient, Request)
             lenient.top_via  # noqa: B018

@@ -65,7 +65,8 @@ class EventPackage:
     @property
     def key(self) -> str:
         """Registry key: `dialog;sla`, `presence.winfo`."""
-        return self.name + "".join(";" + p for p in sorted(self.required_params))
+        name = self.name if self.template is None else f"{self.name}.{self.template}"
+        return name + "".join(";" + p for p in sorted(self.required_params))
 
     def validate(self, body: bytes, content_type: str) -> None:
         """Raise BodyError with a reason when the PUBLISH body is unusable."""

@@ -59,10 +59,12 @@ class Server:
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task] = set()
         self.bound: list[tuple[str, str, int]] = []
+        self.persistence: Any = None
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        await self._open_store()
         for proto, host, port in self.listen_specs:
             if proto == "udp":
                 l = await start_udp(host, port, self._on_message)
@@ -75,12 +77,32 @@ class Server:
         self._housekeeping = self.loop.create_task(self._housekeeping_loop())
         log.info("listening on %s", ", ".join(f"{p}:{h}:{n}" for p, h, n in self.bound))
 
+    async def _open_store(self) -> None:
+        url = getattr(getattr(self.cfg, "db", None), "url", "memory") if self.cfg is not None else "memory"
+        if url == "memory":
+            return
+        from presenced.runtime.persistence import Persistence
+        from presenced.storage import Store
+
+        p = self.cfg.presence
+        tables = {
+            "presentity": p.presentity_table, "active_watchers": p.active_watchers_table,
+            "watchers": p.watchers_table, "xcap": self.cfg.presence_xml.xcap_table,
+        }
+        store = Store.from_url(url, tables=tables)
+        self.persistence = Persistence(store, self.core.engine, self.cfg, self._send_items)
+        assert self.loop is not None
+        n_pub, n_sub = await self.persistence.start(self.loop.time())
+        self._arm_timer()
+        log.info("storage %s: restored %d publications and %d subscriptions", store.url, n_pub, n_sub)
+
     async def stop(self, grace: float = 2.0) -> None:
         """Stop listening, let in-flight NOTIFY transactions finish (bounded)."""
         for s in self.tcp.servers:
             s.close()
         deadline = self.loop.time() + grace if self.loop else 0
-        while self.loop and self.core.tx.client and self.loop.time() < deadline:
+        # Completed UDP transactions linger for Timer K; they are not in flight.
+        while self.loop and any(not ct.done for ct in self.core.tx.client.values()) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         if getattr(self, "_housekeeping", None):
             self._housekeeping.cancel()
@@ -89,6 +111,8 @@ class Server:
         for l in self.udp:
             if l.transport is not None:
                 l.transport.close()
+        if self.persistence is not None:
+            await self.persistence.stop()
         self.tcp.close_all()
         for t in list(self._tasks):
             t.cancel()
@@ -134,9 +158,18 @@ class Server:
         if outbox:
             items = outbox[:]
             outbox.clear()
-            for data, dest, ct in items:
-                self._send(data, dest, ct)
+            p = self.persistence
+            if p is not None and (p.held or p.needs_sync() or (p._writer is not None and not p._writer.done())):
+                p.hold(items)  # write-through: released after the commit, in order
+            else:
+                self._send_items(items)
+        elif self.persistence is not None and self.persistence.needs_sync():
+            self.persistence.hold([])
         self._arm_timer()
+
+    def _send_items(self, items: list) -> None:
+        for data, dest, ct in items:
+            self._send(data, dest, ct)
 
     def _arm_timer(self) -> None:
         assert self.loop is not None

@@ -429,7 +429,7 @@ def check_request(req: Request) -> None:
     """Mandatory headers of a request (RFC 3261 §8.1.1); raises with the reason."""
     uri = req.uri  # raises when malformed (e.g. IPv6 reference without ']')
     if uri.scheme in ("sip", "sips") and uri.headers is not None:
-        # RFC 3261 §19.1.5 / RFC 4475 §3.1.2.10: headers are not allowed in a Request-URI.
+        # RFC 3261 §19.1.1 table / RFC 4475 'escruri': no headers in a Request-URI.
         raise SipParseError("header component not allowed in Request-URI")
     req.top_via  # noqa: B018 - raises when missing/malformed
     req.call_id  # noqa: B018

@@ -95,7 +95,7 @@ def parse_params(parts: list[str]) -> dict[str, str | None]:
         p = p.strip()
         eq = p.find("=")
         name = (p if eq < 0 else p[:eq]).strip()
-        # `;;`, `;=x` and a trailing `;` are not generic-params (RFC 4475 §3.1.2.1).
+        # `;;`, `;=x` and a trailing `;` are not generic-params (RFC 4475 'badinv01').
         if not name or any(c in name for c in ' \t"'):
             raise SipParseError("empty or malformed parameter")
         params[name.lower()] = None if eq < 0 else p[eq + 1 :].strip()
@@ -177,8 +177,6 @@ class SipURI:
             return False
         if self.scheme == "tel":
             return self.host.replace("-", "").replace(".", "") == other.host.replace("-", "").replace(".", "")
-        if self.scheme not in ("sip", "sips", "pres", "im"):
-            return self.raw == other.raw
         # userinfo is case-sensitive; unreserved escapes equal their characters.
         if _opt_norm(self.user) != _opt_norm(other.user):
             return False
@@ -269,7 +267,7 @@ def split_hostport(hostport: str, context: str = "") -> tuple[str, int | None]:
             host, port_s = hostport, None
         else:
             host, port_s = hostport[:c], hostport[c + 1 :]
-        # A ':' left in the host is an IPv6 address without [] (RFC 5118 §4.3).
+        # A ':' left in the host is an IPv6 address without [] (RFC 5118).
         if not host or any(ch not in _HOST_CHARS for ch in host):
             raise SipParseError(f"invalid host in '{(context or hostport)[:60]}'")
         if port_s is None:
@@ -340,7 +338,7 @@ def parse_name_addr(text: str) -> NameAddr:
             raise SipParseError("display name without <uri>")
     elif lt >= 0:
         display = raw[:lt].strip() or None
-        # Unquoted display names are tokens (RFC 4475 §3.1.2.15 'baddn').
+        # Unquoted display names are tokens (RFC 4475 'baddn').
         # Non-ASCII is tolerated: many UAs send UTF-8 names unquoted.
         if display is not None and any(c in _DISPLAY_SEPARATORS for c in display):
             raise SipParseError(f"display name must be quoted: '{display[:40]}'")

@@ -64,7 +64,8 @@ async def start_udp(host: str, port: int, on_message) -> UdpListener:
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # No SO_REUSEADDR: on UDP it lets a second process bind the same port and
+    # silently take part of the traffic (the reason asyncio dropped it, bpo-37228).
     for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
         try:
             sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)

@@ -155,7 +155,7 @@ def compose_dialoginfo(
 
 
 def compose_dialoginfo_sla(entity: str, bodies: list[bytes]) -> VersionedBody:
-    """dialog;sla: the newest publication only (no aggregation, spec §15.2).
+    """dialog;sla: the newest usable publication only (no aggregation, spec §15.2).
 
     Unlike presence_xml the `version` is per subscriber (RFC 4235 §4.1); the
     rest of the publisher's document, including its entity, is passed through
@@ -163,7 +163,13 @@ def compose_dialoginfo_sla(entity: str, bodies: list[bytes]) -> VersionedBody:
     or when the caller passes [] because the subscriber is the publisher -
     the result is an empty full-state document.
     """
-    for root in _roots(bodies):
+    for body in bodies:
+        if not body:
+            continue
+        try:
+            root = _parse_root(body)
+        except BodyError:
+            continue
         if not (root.get("entity") or "").strip():
             root.set("entity", entity)
         if root.get("state") is None:

@@ -161,13 +161,16 @@ def dummy_pidf(entity: str) -> bytes:
     Deliberately `closed` with nothing else: Kamailio's dummy claims the user
     is available, which is a lie a watcher would act on.
     """
-    return XML_DECL + (
-        f'<presence xmlns="{NS_PIDF}" entity="{escape_attr(entity)}">\n'
-        f'  <tuple id="{DUMMY_TUPLE_ID}">\n'
-        "    <status><basic>closed</basic></status>\n"
-        "  </tuple>\n"
-        "</presence>\n"
-    ).encode()
+    return (
+        XML_DECL
+        + (
+            f'<presence xmlns="{NS_PIDF}" entity="{escape_attr(entity)}">\n'
+            f'  <tuple id="{DUMMY_TUPLE_ID}">\n'
+            "    <status><basic>closed</basic></status>\n"
+            "  </tuple>\n"
+            "</presence>\n"
+        ).encode()
+    )
 
 
 def pres_check_basic(bodies: list[bytes], status: str) -> bool:

@@ -1,0 +1,352 @@
+"""Glue between the in-memory engine and a storage backend.
+
+Kamailio's modes, by their names:
+- `publ_cache` 0/1: every publication change is written before the PUBLISH
+  is answered (write-through); 2: publications stay in memory only.
+- `subs_db_mode` 0: subscriptions in memory only; 1: write-through (the
+  reply and the NOTIFYs leave only after the commit); 2: write-back, flushed
+  every `db_update_period` and on a graceful stop; 3: DB only — here the same
+  durability as 1 (see docs/storage.md for what is and is not shared).
+
+Write-through is group-committed: while one transaction is in flight, the
+changes of every request that arrives meanwhile accumulate and go in the next
+one, and the replies are released in arrival order after their commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, Callable
+
+from presenced.core.engine import PresenceEngine
+from presenced.core.journal import Journal
+from presenced.core.state import Publication, Subscription
+from presenced.sip.errors import SipParseError
+from presenced.sip.uri import parse_name_addr, parse_uri
+from presenced.storage.rows import (
+    ActiveWatcherRow,
+    Batch,
+    PresentityRow,
+    SubscriptionExtRow,
+    WatcherRow,
+)
+from presenced.transaction.layer import Address
+
+log = logging.getLogger("presenced.storage")
+
+STATUS_CODE = {"active": 1, "pending": 2, "terminated": 3, "waiting": 4}
+CODE_STATUS = {v: k for k, v in STATUS_CODE.items()}
+
+
+def split_aor(aor: str) -> tuple[str, str]:
+    """`sip:alice@example.com` → ('alice', 'example.com'); no user → ('', host)."""
+    rest = aor.split(":", 1)[1] if ":" in aor else aor
+    if "@" in rest:
+        user, host = rest.rsplit("@", 1)
+        return user, host
+    return "", rest
+
+
+def join_aor(user: str, domain: str) -> str:
+    return f"sip:{user}@{domain}" if user else f"sip:{domain}"
+
+
+def _uri_parts(header_or_uri: str) -> tuple[str, str]:
+    try:
+        uri = parse_name_addr(header_or_uri).uri if "<" in header_or_uri or ";" in header_or_uri else parse_uri(header_or_uri)
+        return uri.user or "", uri.host
+    except SipParseError:
+        return split_aor(header_or_uri)
+
+
+# ----------------------------------------------------------------- to rows
+def publication_row(pub: Publication, wall: float) -> PresentityRow:
+    user, domain = split_aor(pub.pres_uri)
+    return PresentityRow(
+        username=user, domain=domain, event=pub.event, etag=pub.etag,
+        expires=int(pub.expires_at + wall), received_time=int(pub.received + wall),
+        body=pub.body, sender=pub.sender or "", priority=pub.priority, ruid=("presenced-" + pub.etag)[:64],
+    )
+
+
+def subscription_rows(sub: Subscription, wall: float) -> tuple[ActiveWatcherRow, SubscriptionExtRow]:
+    w_user, w_domain = _uri_parts(sub.watcher_uri)
+    to_user, to_domain = _uri_parts(sub.from_header)
+    from_user, from_domain = _uri_parts(sub.to_header)
+    src = sub.source
+    row = ActiveWatcherRow(
+        presentity_uri=sub.pres_uri, watcher_username=w_user, watcher_domain=w_domain,
+        to_user=to_user, to_domain=to_domain, event=sub.event, event_id=sub.event_id,
+        to_tag=sub.local_tag, from_tag=sub.remote_tag, callid=sub.call_id,
+        local_cseq=sub.local_cseq, remote_cseq=sub.remote_cseq, contact=sub.remote_target,
+        record_route=", ".join(sub.route_set) or None, expires=int(sub.expires_at + wall),
+        status=STATUS_CODE.get(sub.status, 2), reason=sub.reason, version=sub.version,
+        socket_info=f"{(src.transport if src else 'udp')}:{sub.local_host}:{sub.local_port}",
+        local_contact=sub.local_contact, from_user=from_user, from_domain=from_domain,
+    )
+    ext = {
+        "to_header": sub.to_header, "from_header": sub.from_header, "entity": sub.entity,
+        "watcher_uri": sub.watcher_uri, "watcher_display": sub.watcher_display,
+        "event_header": sub.event_header, "accept": sub.accept, "created": sub.created + wall,
+        "watcher_event": sub.watcher_event, "route_set": sub.route_set,
+        "source": [src.transport, src.host, src.port] if src else None,
+    }
+    return row, SubscriptionExtRow(sub.call_id, sub.local_tag, sub.remote_tag, json.dumps(ext))
+
+
+def build_batch(j: Journal, wall: float) -> Batch:
+    b = Batch()
+    for etag, (pres_uri, event) in j.pub_deletes.items():
+        user, domain = split_aor(pres_uri)
+        b.presentity_deletes.append((user, domain, event, etag))
+    b.presentity_upserts.extend(publication_row(p, wall) for p in j.pubs.values())
+    for sub, alive in j.subs.values():
+        if alive:
+            row, ext = subscription_rows(sub, wall)
+            b.watcher_upserts.append(row)
+            b.ext_upserts.append(ext)
+        else:
+            b.watcher_deletes.append((sub.call_id, sub.local_tag, sub.remote_tag))
+    for (pres, event, watcher), decision in j.auth.items():
+        user, domain = split_aor(watcher)
+        if decision is None:
+            b.auth_deletes.append((pres, user, domain, event))
+        else:
+            b.auth_upserts.append(WatcherRow(pres, user, domain, event, STATUS_CODE.get(decision[0], 2), decision[1], int(time.time())))
+    return b
+
+
+# ---------------------------------------------------------------- from rows
+def restore(engine: PresenceEngine, pubs: list[PresentityRow], subs: list, watchers: list[WatcherRow], now: float, *, bump: int = 0) -> tuple[int, int]:
+    """Load stored state into the engine (no NOTIFYs); returns (publications, subscriptions)."""
+    wall = engine.wall_offset
+    n_pub = 0
+    for r in pubs:
+        pkg = engine.registry.get(r.event)
+        if pkg is None:
+            continue
+        exp = (r.expires - wall) if r.expires > 0 else now + 10 * 365 * 86400
+        if exp <= now:
+            continue
+        aor = join_aor(r.username, r.domain)
+        key = (aor, pkg.key)
+        engine._pub_seq += 1
+        pub = Publication(
+            etag=r.etag, pres_uri=aor, entity=aor, event=pkg.key, body=bytes(r.body),
+            content_type=pkg.content_types[0] if pkg.content_types else "", expires_at=exp,
+            received=r.received_time - wall, seq=engine._pub_seq, sender=r.sender or None, priority=r.priority,
+        )
+        engine.publications.setdefault(key, {})[pub.etag] = pub
+        engine.etags[pub.etag] = pub
+        pub.timer = engine.timers.schedule(pub.expires_at, engine._publication_expired, pub)
+        n_pub += 1
+    n_sub = 0
+    for row, ext in subs:
+        sub = _subscription_from_row(engine, row, ext, now, bump)
+        if sub is None:
+            continue
+        engine.subs_by_dialog[sub.key] = sub
+        engine.subs_by_presentity.setdefault((sub.pres_uri, sub.event), {})[sub.key] = sub
+        sub.timer = engine.timers.schedule(sub.expires_at, engine._subscription_expired, sub)
+        n_sub += 1
+    for w in watchers:
+        engine.watchers[(w.presentity_uri, w.event, join_aor(w.watcher_username, w.watcher_domain))] = (
+            CODE_STATUS.get(w.status, "pending"), w.reason or None,
+        )
+    return n_pub, n_sub
+
+
+def _subscription_from_row(engine: PresenceEngine, r: ActiveWatcherRow, ext: SubscriptionExtRow | None, now: float, bump: int) -> Subscription | None:
+    wall = engine.wall_offset
+    exp = r.expires - wall
+    if exp <= now:
+        return None
+    pkg = engine.registry.get(r.event)
+    if pkg is None:
+        return None
+    data: dict[str, Any] = {}
+    if ext is not None:
+        try:
+            data = json.loads(ext.data)
+        except ValueError:
+            data = {}
+    proto, _, rest = (r.socket_info or "udp:127.0.0.1:5060").partition(":")
+    lhost, _, lport = rest.rpartition(":")
+    route_set = data.get("route_set")
+    if route_set is None:
+        route_set = [x.strip() for x in (r.record_route or "").split(",") if x.strip()]
+    event_header = data.get("event_header") or (r.event.replace(";", ";") + (f";id={r.event_id}" if r.event_id else ""))
+    src = data.get("source")
+    if src:
+        source = Address(src[0], src[1], int(src[2]), None)
+    else:
+        try:
+            cu = parse_uri(r.contact)
+            source = Address(proto.lower() or "udp", cu.host.strip("[]"), cu.port or 5060, None)
+        except SipParseError:
+            source = Address("udp", "127.0.0.1", 5060, None)
+    watcher = data.get("watcher_uri") or join_aor(r.watcher_username, r.watcher_domain)
+    return Subscription(
+        call_id=r.callid, remote_tag=r.from_tag, local_tag=r.to_tag, event=pkg.key, event_id=r.event_id or None,
+        event_header=event_header, pres_uri=r.presentity_uri, entity=data.get("entity") or r.presentity_uri,
+        watcher_uri=watcher, watcher_display=data.get("watcher_display"), remote_target=r.contact,
+        route_set=list(route_set),
+        to_header=data.get("to_header") or f"<{join_aor(r.from_user, r.from_domain)}>;tag={r.from_tag}",
+        from_header=data.get("from_header") or f"<{join_aor(r.to_user, r.to_domain)}>;tag={r.to_tag}",
+        remote_cseq=r.remote_cseq, local_cseq=r.local_cseq + bump, expires_at=exp,
+        status=CODE_STATUS.get(r.status, "pending"), reason=r.reason or None, version=r.version + bump,
+        source=source, local_host=lhost or "127.0.0.1", local_port=int(lport) if lport.isdigit() else 5060,
+        local_contact=r.local_contact, accept=data.get("accept"), created=float(data.get("created", time.time())) - wall,
+        watcher_event=data.get("watcher_event", "subscribe"), winfo_full_sent=False,
+    )
+
+
+class Persistence:
+    """Owns the store connection, the flush policy and the retry loop."""
+
+    def __init__(self, store: Any, engine: PresenceEngine, cfg: Any, send: Callable[[list], None]) -> None:
+        self.store = store
+        self.engine = engine
+        p = cfg.presence
+        self.subs_db_mode = int(p.subs_db_mode)
+        self.publ_cache = int(p.publ_cache)
+        self.db_update_period = max(1, int(p.db_update_period) or 100)
+        self.clean_period = int(p.clean_period)
+        self.send = send
+        self.held: list = []            # outbox items waiting for their commit
+        self._writer: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.healthy = True
+        self.last_error: str | None = None
+        self.failures = 0
+        self.commits = 0
+
+    @property
+    def persist_publications(self) -> bool:
+        return self.publ_cache != 2
+
+    @property
+    def persist_subscriptions(self) -> bool:
+        return self.subs_db_mode != 0
+
+    async def start(self, now: float) -> tuple[int, int]:
+        await self.store.connect()
+        await self.store.ensure_schema()
+        self.engine.wall_offset = time.time() - now
+        wall_now = int(time.time())
+        pubs = await self.store.load_presentities(wall_now) if self.persist_publications else []
+        subs = await self.store.load_active_watchers(wall_now) if self.persist_subscriptions else []
+        watchers = await self.store.load_watchers()
+        # After a crash in write-back mode up to one db_update_period of CSeq and
+        # version updates may be missing: jump past them so they keep increasing.
+        bump = 100 if self.subs_db_mode == 2 else 0
+        counts = restore(self.engine, pubs, subs, watchers, now, bump=bump)
+        self.engine.journal = Journal()
+        loop = asyncio.get_running_loop()
+        if self.subs_db_mode == 2:
+            self._tasks.append(loop.create_task(self._periodic_flush()))
+        if self.clean_period > 0:
+            self._tasks.append(loop.create_task(self._periodic_clean()))
+        return counts
+
+    def needs_sync(self) -> bool:
+        j = self.engine.journal
+        if j is None:
+            return False
+        if (j.pubs or j.pub_deletes) and self.persist_publications:
+            return True
+        return bool(j.subs or j.auth) and self.subs_db_mode in (1, 3)
+
+    def hold(self, items: list) -> None:
+        """Queue outbox items until the current journal is committed."""
+        self.held.extend(items)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def _write_loop(self) -> None:
+        while True:
+            items, self.held = self.held, []
+            await self.flush()
+            self.send(items)
+            if not self.held and not self.needs_sync():
+                return
+
+    async def flush(self) -> None:
+        j = self.engine.journal
+        if j is None or not j:
+            return
+        taken = j.take()
+        if not self.persist_publications:
+            taken.pubs.clear()
+            taken.pub_deletes.clear()
+        if not self.persist_subscriptions:
+            taken.subs.clear()
+        batch = build_batch(taken, self.engine.wall_offset)
+        if batch.empty():
+            return
+        try:
+            await self.store.write(batch)
+            self.commits += 1
+            if not self.healthy:
+                log.warning("storage %s is reachable again", self.store.url)
+            self.healthy = True
+            self.last_error = None
+        except Exception as e:  # keep answering; retry these changes later
+            self.failures += 1
+            self.healthy = False
+            self.last_error = str(e)
+            log.error("storage write to %s failed (will retry): %s", self.store.url, e)
+            self._merge_back(taken)
+            asyncio.get_running_loop().call_later(min(30.0, 0.5 * 2 ** min(self.failures, 6)), self._retry)
+
+    def _retry(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self.flush())
+
+    def _merge_back(self, taken: Journal) -> None:
+        j = self.engine.journal
+        assert j is not None
+        for etag, v in taken.pub_deletes.items():
+            j.pub_deletes.setdefault(etag, v)
+        for etag, p in taken.pubs.items():
+            if etag not in j.pub_deletes:
+                j.pubs.setdefault(etag, p)
+        for k, v in taken.subs.items():
+            j.subs.setdefault(k, v)
+        for k, v in taken.auth.items():
+            j.auth.setdefault(k, v)
+
+    async def _periodic_flush(self) -> None:
+        while True:
+            await asyncio.sleep(self.db_update_period)
+            await self.flush()
+
+    async def _periodic_clean(self) -> None:
+        while True:
+            await asyncio.sleep(self.clean_period)
+            try:
+                await self.store.delete_expired(int(time.time()))
+            except Exception as e:
+                log.warning("cleaning expired rows in %s failed: %s", self.store.url, e)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        if self._writer is not None and not self._writer.done():
+            try:
+                await asyncio.wait_for(self._writer, 5)
+            except Exception:
+                pass
+        try:
+            await self.flush()
+        finally:
+            await self.store.close()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.store.ping())
+        except Exception:
+            return False

@@ -1,0 +1,165 @@
+"""SQLite backend: stdlib sqlite3 on one dedicated worker thread.
+
+Every call runs on a single-thread executor that owns the connection, so
+statements from one process never contend with each other. Against other
+processes (Kamailio, a second presenced) WAL mode lets readers run beside the
+writer, write transactions start with BEGIN IMMEDIATE (no lock upgrades, hence
+no deadlock-style SQLITE_BUSY), busy_timeout waits 5 s for a lock, and a
+statement or transaction that still gets "database is locked" is retried
+for up to 30 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from presenced.storage.base import StoreError
+from presenced.storage.sql import SqlStore, Step
+
+BUSY_TIMEOUT_MS = 5000
+LOCKED_DEADLINE = 30.0  # seconds of "database is locked" retries before giving up
+
+
+def sqlite_path(url: str) -> str:
+    """The file a sqlite:// URL names, read the way Kamailio reads it."""
+    if not url.lower().startswith("sqlite://"):
+        raise ValueError(f"not a sqlite URL: {url!r}")
+    path = url[len("sqlite://") :].split("?", 1)[0]
+    if path in ("/:memory:", ":memory:", ""):
+        return ":memory:"
+    return path
+
+
+def _locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
+def _retry_locked(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call fn, retrying while SQLite reports the database locked or busy.
+
+    busy_timeout covers most waits, but SQLite returns SQLITE_BUSY at once in a
+    few cases (switching a new file to WAL while another connection opens it,
+    WAL recovery, a read transaction that cannot be upgraded). Everything
+    retried here is a whole statement or a whole rolled-back transaction.
+    """
+    deadline = time.monotonic() + LOCKED_DEADLINE
+    delay = 0.002
+    while True:
+        try:
+            return fn(*args)
+        except sqlite3.OperationalError as exc:
+            if not _locked(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+class SqliteStore(SqlStore):
+    dialect = "sqlite"
+    _loose_types = True
+    _driver_errors = (sqlite3.Error,)
+
+    def __init__(self, url: str, *, tables: dict | None = None) -> None:
+        super().__init__(url, tables=tables)
+        self.path = sqlite_path(url)
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    # --- thread plumbing --------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._executor is None:
+            raise StoreError(f"{self.url}: store is not connected")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _open(self) -> None:
+        _retry_locked(self._open_once)
+
+    def _open_once(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if self.path != ":memory:":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _query(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
+        assert self._conn is not None
+        return _retry_locked(lambda: self._conn.execute(sql, params).fetchall())
+
+    def _transaction(self, steps: list[Step]) -> list[int]:
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        counts: list[int] = []
+        try:
+            for sql, params, many in steps:
+                if many:
+                    conn.executemany(sql, params)
+                    counts.append(-1)
+                else:
+                    counts.append(conn.execute(sql, params).rowcount)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return counts
+
+    # --- Store ------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="presenced-sqlite")
+        try:
+            await self._call(self._open)
+        except Exception as exc:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise self._connect_error(exc) from exc
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._close)
+        finally:
+            executor.shutdown(wait=False)
+
+    async def ping(self) -> bool:
+        try:
+            await self._call(self._query, "SELECT 1", ())
+            return True
+        except Exception:  # noqa: BLE001 - ping reports, never raises
+            return False
+
+    # --- primitives -------------------------------------------------------------------
+
+    def _retryable(self, exc: BaseException) -> bool:
+        return False  # "locked" is already retried on the worker thread
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return await self._call(self._query, sql, params)
+
+    async def _run(self, steps: list[Step]) -> list[int]:
+        return await self._call(_retry_locked, self._transaction, steps)
+
+    async def _table_exists(self, name: str) -> bool:
+        rows = await self._fetch("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+        return bool(rows)

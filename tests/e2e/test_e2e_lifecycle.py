@@ -1,0 +1,78 @@
+"""Process lifecycle: signals, version, configuration errors."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from e2e_support import HOST, Phone, cli, pidf, uid
+
+import presenced
+
+
+def test_sigterm_exits_0_promptly(spawn):
+    srv = spawn("--set", "presence_xml.force_active=1")
+    uri = f"sip:{uid('p')}@{HOST}"
+    with Phone(srv.port, "udp") as w, Phone(srv.port, "tcp") as p:
+        _, d = w.subscribe(uri, expires=600)
+        w.expect_notify(d)
+        assert p.publish(uri, pidf(uri)).status == 200
+        w.expect_notify(d)
+        t0 = time.monotonic()
+        srv.sigterm()
+        try:
+            rc = srv.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("server did not exit within 5 s of SIGTERM")
+    assert rc == 0, srv.output()
+    assert time.monotonic() - t0 < 5
+
+
+def test_sigterm_idle_server(spawn):
+    srv = spawn()
+    srv.sigterm()
+    assert srv.proc.wait(timeout=5) == 0
+
+
+def test_version():
+    r = cli("--version")
+    assert r.returncode == 0
+    assert presenced.__version__ in r.stdout
+
+
+def test_bad_integer_parameter_exits_2_with_one_line():
+    r = cli("serve", "--db-url", "memory", "--set", "presence.min_expires=abc")
+    assert r.returncode == 2
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "presence.min_expires" in lines[0]
+
+
+def test_unknown_parameter_exits_2():
+    r = cli("serve", "--db-url", "memory", "--set", "presence.no_such_param=1")
+    assert r.returncode == 2
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "presence.no_such_param" in lines[0], r.stderr
+
+
+def test_unknown_section_exits_2():
+    r = cli("serve", "--db-url", "memory", "--set", "nosuch.param=1")
+    assert r.returncode == 2
+    assert "nosuch" in r.stderr
+
+
+def test_port_in_use_exits_2(server):
+    """A second server on the shared server's port cannot listen: exit 2, not a traceback."""
+    r = cli("serve", "--db-url", "memory", "--listen", f"udp:{HOST}:{server.port}",
+            "--listen", f"tcp:{HOST}:{server.port}", timeout=20)
+    assert r.returncode == 2, r.stderr[-500:]
+    assert "Traceback" not in r.stderr
+
+
+def test_udp_port_in_use_exits_2(server):
+    """A second server must not quietly share the UDP port (and half the traffic)."""
+    r = cli("serve", "--db-url", "memory", "--listen", f"udp:{HOST}:{server.port}", timeout=20)
+    assert r.returncode == 2, r.stderr[-500:]
+    assert "Traceback" not in r.stderr
+    with Phone(server.port, "udp") as ph:
+        assert ph.request("OPTIONS", f"sip:{HOST}:{server.port}").status == 200

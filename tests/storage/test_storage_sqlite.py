@@ -1,0 +1,107 @@
+"""SQLite specifics: several connections on one file never see "database is locked"."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+from storage_support import aw, ext_for, pres, suffix_tables
+
+from presenced.storage import Batch, Store
+
+NOW = 1_800_000_000
+
+
+async def test_pragmas(tmp_path):
+    store = Store.from_url(f"sqlite://{tmp_path}/p.db")
+    await store.connect()
+    try:
+        assert await store._fetch("PRAGMA journal_mode") == [("wal",)]
+        assert await store._fetch("PRAGMA busy_timeout") == [(5000,)]
+        assert await store._fetch("PRAGMA synchronous") == [(1,)]  # NORMAL
+    finally:
+        await store.close()
+
+
+async def test_memory_database(tmp_path):
+    store = Store.from_url("sqlite:///:memory:")
+    await store.connect()
+    try:
+        await store.ensure_schema()
+        await store.write(Batch(presentity_upserts=[pres()]))
+        assert await store.load_presentities(NOW) == [pres()]
+    finally:
+        await store.close()
+
+
+async def test_concurrent_writers_on_one_file(tmp_path):
+    """20 tasks, each with its own store (connection and thread) on the same file,
+    plus a plain sqlite3 reader, all at once: no 'database is locked'."""
+    url = f"sqlite://{tmp_path}/shared.db"
+    tables = suffix_tables()
+    stores = [Store.from_url(url, tables=tables) for _ in range(20)]
+    await asyncio.gather(*(s.connect() for s in stores))
+    try:
+        await asyncio.gather(*(s.ensure_schema() for s in stores))
+
+        async def worker(n: int, store) -> None:
+            for i in range(10):
+                old = [pres(username=f"u{n}", etag=f"e{i - 1}").key] if i else []
+                w = aw(callid=f"c{n}", local_cseq=i)
+                batch = Batch(
+                    presentity_deletes=old,
+                    presentity_upserts=[pres(username=f"u{n}", etag=f"e{i}", body=b"x" * 2000)],
+                    watcher_upserts=[w],
+                    ext_upserts=[ext_for(w)],
+                )
+                await store.write(batch)
+                if i % 3 == 0:
+                    await store.load_presentity(f"u{n}", "example.com", "presence", NOW)
+                    await store.delete_expired(NOW)
+
+        await asyncio.gather(*(worker(n, s) for n, s in enumerate(stores)))
+        rows = await stores[0].load_presentities(NOW)
+        assert sorted(r.username for r in rows) == sorted(f"u{n}" for n in range(20))
+        assert {r.etag for r in rows} == {"e9"}
+        subs = await stores[0].load_active_watchers(NOW)
+        assert len(subs) == 20 and {w.local_cseq for w, _ in subs} == {9}
+        conn = sqlite3.connect(tmp_path / "shared.db")
+        assert conn.execute(f"SELECT count(*) FROM {tables['presentity']}").fetchone() == (20,)
+        conn.close()
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_concurrent_open_of_a_new_file(tmp_path):
+    """20 connections switching a brand-new file to WAL at once (SQLite answers
+    "database is locked" there without waiting for busy_timeout)."""
+    for i in range(10):
+        stores = [Store.from_url(f"sqlite://{tmp_path}/new{i}.db") for _ in range(20)]
+        try:
+            await asyncio.gather(*(s.connect() for s in stores))
+            await asyncio.gather(*(s.ensure_schema() for s in stores))
+        finally:
+            await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_writer_waits_for_foreign_lock(tmp_path):
+    """Another process holding the write lock for a while delays, but does not fail, a write."""
+    url = f"sqlite://{tmp_path}/locked.db"
+    store = Store.from_url(url)
+    await store.connect()
+    try:
+        await store.ensure_schema()
+        other = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute(
+            "INSERT INTO watchers (presentity_uri, watcher_username, watcher_domain, status, inserted_time)"
+            " VALUES ('sip:a@b', 'w', 'd', 1, 0)"
+        )
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.3, other.execute, "COMMIT")
+        await store.write(Batch(presentity_upserts=[pres()]))
+        assert await store.load_presentities(NOW) == [pres()]
+        assert len(await store.load_watchers()) == 1
+        other.close()
+    finally:
+        await store.close()
