@@ -93,6 +93,66 @@ def _redact_url(url: str) -> str:
     return url
 
 
+def _store_tables(cfg) -> dict[str, str]:
+    p = cfg.presence
+    return {
+        "presentity": p.presentity_table, "active_watchers": p.active_watchers_table,
+        "watchers": p.watchers_table, "xcap": cfg.presence_xml.xcap_table,
+    }
+
+
+@main.group()
+def db() -> None:
+    """Database tools (Kamailio-compatible presence tables)."""
+
+
+@db.command("init")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML configuration file.")
+@click.option("--db-url", metavar="URL", help="sqlite:///path, postgresql://..., mysql://... (default: db.url).")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.PARAM=VALUE", help="Override a parameter (table names...).")
+def db_init(config_file, db_url, sets) -> None:
+    """Create the missing tables (and their `version` rows); existing ones are checked, never altered."""
+    cfg = _load(config_file, (), db_url, sets, None)
+    url = cfg.db.url
+    from presenced.storage import Store, StoreError, redact_url
+    from presenced.storage.schema import ALL_TABLES
+
+    if url == "memory" or url.startswith("memory:"):
+        click.echo("memory: nothing to create (state is kept in memory only)")
+        return
+    try:
+        store = Store.from_url(url, tables=_store_tables(cfg))
+    except ValueError as e:
+        _fail(str(e))
+
+    async def run() -> list[tuple[str, str, bool]]:
+        await store.connect()
+        try:
+            keys = ("version", "presentity", "active_watchers", "watchers", "xcap", "ext")
+            before = {k: await store._table_exists(store.names[k]) for k in keys}
+            await store.ensure_schema()
+            return [(k, store.names[k], before[k]) for k in keys]
+        finally:
+            await store.close()
+
+    try:
+        done = asyncio.run(run())
+    except StoreError as e:
+        _fail(f"storage: {e}")
+    except Exception as e:  # driver errors not wrapped by the store
+        _fail(f"storage: {redact_url(url)}: {e}")
+    created = 0
+    for key, name, existed in done:
+        version = ALL_TABLES[key].version
+        v = f" (version {version})" if version is not None else ""
+        if existed:
+            click.echo(f"{name}: exists{v}")
+        else:
+            created += 1
+            click.echo(f"{name}: created{v}")
+    click.echo(f"{store.url}: {created} table(s) created, {len(done) - created} already present")
+
+
 @main.group()
 def config() -> None:
     """Check or show configuration."""

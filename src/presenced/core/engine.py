@@ -95,6 +95,7 @@ class PresenceEngine:
         self.subs_by_presentity: dict[tuple[str, str], dict[tuple, Subscription]] = {}
         self.watchers: dict[tuple[str, str, str], tuple[str, str | None]] = {}
         self._composed: dict[tuple[str, str], VersionedBody | None] = {}
+        self._key_cache: dict[str, str] = {}
         self._pub_seq = 0
         # Set by the runtime when a store is configured; None = nothing to persist.
         self.journal: Journal | None = None
@@ -113,6 +114,16 @@ class PresenceEngine:
 
     # ------------------------------------------------------------------ utils
     def presentity_key(self, uri_text: str) -> str:
+        key = self._key_cache.get(uri_text)
+        if key is not None:
+            return key
+        key = self._presentity_key(uri_text)
+        if len(self._key_cache) > 8192:
+            self._key_cache.clear()
+        self._key_cache[uri_text] = key
+        return key
+
+    def _presentity_key(self, uri_text: str) -> str:
         uri = parse_uri(uri_text)
         if uri.scheme not in ("sip", "sips", "pres", "im", "tel"):
             raise SipParseError("Unsupported URI Scheme", status=416)

@@ -99,12 +99,17 @@ class SipCore:
         return ", ".join(methods)
 
     def accept_types(self) -> str:
+        cached = getattr(self, "_accept_cache", None)
+        if cached is not None and cached[0] == len(list(self.registry)):
+            return cached[1]
         types: list[str] = []
         for pkg in self.registry:
             for t in pkg.content_types:
                 if t not in types:
                     types.append(t)
-        return ", ".join(types)
+        value = ", ".join(types)
+        self._accept_cache = (len(list(self.registry)), value)
+        return value
 
     # ---------------------------------------------------------------- timers
     def next_deadline(self) -> float | None:
@@ -161,18 +166,21 @@ class SipCore:
         has_rport = "rport" in via.params
         if not add_received and not has_rport:
             return
-        params = dict(via.params)
-        if add_received or has_rport:
-            params["received"] = source.host
+        params = via.params
+        params["received"] = source.host
         if has_rport:
             params["rport"] = str(source.port)
         head = via.raw.split(";", 1)[0]
-        new_top = head + "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+        via.raw = head + "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+        # Keep the parsed Via cached; only the raw line the response copies changes.
         lines = req._index["via"]
-        parts = split_commas(lines[0])
-        parts[0] = new_top
-        lines[0] = ", ".join(parts)
-        req._cache.pop("via", None)
+        line = lines[0]
+        if "," in line:
+            parts = split_commas(line)
+            parts[0] = via.raw
+            lines[0] = ", ".join(parts)
+        else:
+            lines[0] = via.raw
 
     def _response_dest(self, req: Request, source: Address) -> Address:
         if source.reliable:

@@ -14,12 +14,14 @@ _NEUTRAL_PARAMS = frozenset({"id", "call-id", "to-tag", "from-tag", "include-ses
 class EventRegistry:
     def __init__(self) -> None:
         self._by_name: dict[str, list[EventPackage]] = {}
+        self._by_key: dict[str, EventPackage] = {}
 
     def register(self, package: EventPackage) -> None:
         name = package.name if package.template is None else f"{package.name}.{package.template}"
         variants = self._by_name.setdefault(name, [])
         variants[:] = [p for p in variants if p.required_params != package.required_params]
         variants.append(package)
+        self._by_key = {p.key: p for vs in self._by_name.values() for p in vs}
         # Most specific variant first, so `dialog;sla` wins over `dialog`.
         variants.sort(key=lambda p: -len(p.required_params))
 
@@ -34,6 +36,9 @@ class EventRegistry:
         return None
 
     def get(self, key: str) -> EventPackage | None:
+        pkg = self._by_key.get(key)
+        if pkg is not None:
+            return pkg
         name, _, rest = key.partition(";")
         req = frozenset(p for p in rest.split(";") if p)
         for pkg in self._by_name.get(name, ()):

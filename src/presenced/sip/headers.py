@@ -108,11 +108,19 @@ def _is_digits(s: str) -> bool:
     return s.isascii() and s.isdigit()
 
 
+_NORM_CACHE: dict[str, str] = {}
+
+
 def normalize_name(name: str) -> str:
-    """Lower-case key for lookups; compact forms expanded."""
+    """Lower-case key for lookups; compact forms expanded (memoised: names repeat)."""
+    key = _NORM_CACHE.get(name)
+    if key is not None:
+        return key
     low = name.lower()
     if len(low) == 1:
-        return COMPACT.get(low, low)
+        low = COMPACT.get(low, low)
+    if len(_NORM_CACHE) < 4096:
+        _NORM_CACHE[name] = low
     return low
 
 
@@ -178,7 +186,7 @@ class Via:
         transport = tail[:sp].upper()
         # LWS is allowed around the ':' of sent-by, nowhere else.
         sent_by = _LWS_COLON.sub(":", tail[sp:].strip())
-        if proto != "SIP/2.0" or not transport or not sent_by or any(c in sent_by for c in " \t"):
+        if proto != "SIP/2.0" or not transport or not sent_by or " " in sent_by or "\t" in sent_by:
             raise SipParseError("malformed Via")
         self.protocol = proto
         self.transport = transport

@@ -8,6 +8,7 @@ cheap: only the headers the server needs are ever interpreted.
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 from presenced.sip.errors import MessageTooLarge, SipParseError
@@ -48,12 +49,19 @@ def _header_end(data: bytes, start: int) -> tuple[int, int]:
     return -1, -1
 
 
+_TOKEN_RE = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+\Z")
+# Header names seen before and known to be tokens: most messages repeat the
+# same dozen names, so validation becomes a set lookup.
+_KNOWN_NAMES: set[str] = set()
+
+
 def is_token(s: str) -> bool:
-    if not s:
+    if s in _KNOWN_NAMES:
+        return True
+    if not _TOKEN_RE.match(s):
         return False
-    for ch in s:
-        if not (ch.isascii() and (ch.isalnum() or ch in _TOKEN_EXTRA)):
-            return False
+    if len(_KNOWN_NAMES) < 4096:
+        _KNOWN_NAMES.add(s)
     return True
 
 
@@ -346,12 +354,13 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     head = _decode(data[start:end])
     if "\r" in head:
         head = head.replace("\r\n", "\n")
-    lines = head.split("\n")
-    if not lines or not lines[0]:
+    nl = head.find("\n")
+    first = head if nl < 0 else head[:nl]
+    if not first:
         raise SipParseError("empty message")
-    first = lines[0]
     headers: list[tuple[str, str]] = []
-    for line in lines[1:]:
+    append = headers.append
+    for line in (head[nl + 1 :].split("\n") if nl >= 0 else ()):
         if not line:
             continue
         c = line[0]
@@ -363,13 +372,13 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
             if more:
                 headers[-1] = (name, value + " " + more if value else more)
             continue
-        colon = line.find(":")
-        if colon <= 0:
+        name, sep, value = line.partition(":")
+        name = name.rstrip()
+        if not sep or not name:
             raise SipParseError(f"malformed header line '{line[:40]}'")
-        name = line[:colon].rstrip()
-        if not is_token(name):
+        if name not in _KNOWN_NAMES and not is_token(name):
             raise SipParseError(f"malformed header name '{name[:40]}'")
-        headers.append((name, line[colon + 1 :].strip()))
+        append((name, value.strip()))
     if len(headers) > MAX_HEADERS:
         raise MessageTooLarge("Message Too Large (too many headers)")
 

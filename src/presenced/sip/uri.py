@@ -7,6 +7,7 @@ presentity, `sip:Alice@example.com` is another.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote
 
 from presenced.sip.errors import SipParseError
@@ -18,6 +19,11 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 _UNRESERVED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()")
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
 _IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")
+# Compiled forms of the character checks above: the hot path runs them per URI.
+_HOST_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
+_IPV6_RE = re.compile(r"[0-9A-Fa-f:.]+\Z")
+_CTL_RE = re.compile(r"[\x00-\x20\x7f]")
+_BAD_PARAM_NAME_RE = re.compile(r'[ \t"]')
 # RFC 2616 `separators` minus whitespace: not allowed in an unquoted display name.
 _DISPLAY_SEPARATORS = frozenset('()<>@,;:\\"/[]?={}')
 
@@ -96,7 +102,7 @@ def parse_params(parts: list[str]) -> dict[str, str | None]:
         eq = p.find("=")
         name = (p if eq < 0 else p[:eq]).strip()
         # `;;`, `;=x` and a trailing `;` are not generic-params (RFC 4475 'badinv01').
-        if not name or any(c in name for c in ' \t"'):
+        if not name or _BAD_PARAM_NAME_RE.search(name):
             raise SipParseError("empty or malformed parameter")
         params[name.lower()] = None if eq < 0 else p[eq + 1 :].strip()
     return params
@@ -201,7 +207,23 @@ def _opt_norm(s: str | None) -> str | None:
     return None if s is None else _norm_escapes(s)
 
 
+_URI_CACHE: dict[str, SipURI] = {}
+_URI_CACHE_MAX = 8192
+
+
 def parse_uri(text: str) -> SipURI:
+    """Parse a URI. Results are cached by text and shared: treat them as read-only."""
+    cached = _URI_CACHE.get(text)
+    if cached is not None:
+        return cached
+    uri = _parse_uri(text)
+    if len(_URI_CACHE) >= _URI_CACHE_MAX:
+        _URI_CACHE.clear()  # phones repeat the same few URIs; a rare full reset is cheap
+    _URI_CACHE[text] = uri
+    return uri
+
+
+def _parse_uri(text: str) -> SipURI:
     text = text.strip()
     colon = text.find(":")
     if colon <= 0:
@@ -210,7 +232,7 @@ def parse_uri(text: str) -> SipURI:
     if not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
         raise SipParseError(f"invalid URI scheme in '{text[:60]}'")
     rest = text[colon + 1 :]
-    if any(ch <= " " or ch == "\x7f" for ch in text):
+    if _CTL_RE.search(text):
         raise SipParseError(f"whitespace or control character in URI '{text[:60]}'")
     if scheme not in ("sip", "sips", "pres", "im"):
         if scheme == "tel":
@@ -253,7 +275,7 @@ def split_hostport(hostport: str, context: str = "") -> tuple[str, int | None]:
             raise SipParseError(f"unterminated IPv6 reference in '{(context or hostport)[:60]}'")
         host = hostport[: end + 1]
         inner = host[1:-1]
-        if ":" not in inner or any(ch not in _IPV6_CHARS for ch in inner):
+        if ":" not in inner or not _IPV6_RE.match(inner):
             raise SipParseError(f"invalid IPv6 reference in '{(context or hostport)[:60]}'")
         tail = hostport[end + 1 :]
         if not tail:
@@ -268,7 +290,7 @@ def split_hostport(hostport: str, context: str = "") -> tuple[str, int | None]:
         else:
             host, port_s = hostport[:c], hostport[c + 1 :]
         # A ':' left in the host is an IPv6 address without [] (RFC 5118).
-        if not host or any(ch not in _HOST_CHARS for ch in host):
+        if not host or not _HOST_RE.match(host):
             raise SipParseError(f"invalid host in '{(context or hostport)[:60]}'")
         if port_s is None:
             return host, None

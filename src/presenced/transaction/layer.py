@@ -44,7 +44,8 @@ class Address:
 
     @property
     def reliable(self) -> bool:
-        return self.transport.lower() != "udp"
+        t = self.transport
+        return t != "udp" and t != "UDP"
 
 
 def new_branch() -> str:

@@ -1,0 +1,161 @@
+"""Restart without loss: real server processes, killed and restarted on the same port and DB.
+
+- write-through (subs_db_mode=1, publ_cache=1): kill -9, then every publication
+  (and its ETag) and every subscription is back;
+- write-back (subs_db_mode=2): the same after SIGTERM (flushed on the way out);
+- memory only (publ_cache=2, subs_db_mode=0): nothing survives, by design.
+
+After a restart the existing dialogs keep working: in-dialog refreshes get
+200, NOTIFY CSeqs and dialog-info body versions keep increasing, and a new
+PUBLISH reaches the restored subscriptions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from persist_support import UA, Dialog, aor, body_version, dialog_info, pidf, sub_state, uid
+
+DIALOG_CT = "application/dialog-info+xml"
+COMMON = ("--set", "presence_xml.force_active=1", "--log-level", "info")
+
+
+@dataclass
+class Before:
+    pres: str
+    pub: UA
+    watcher: UA
+    etag: str          # presence publication
+    dialog_etag: str   # dialog publication
+    presence_dlg: Dialog
+    dialog_dlg: Dialog
+    presence_cseq: int
+    dialog_cseq: int
+    dialog_version: int
+
+
+def _setup(srv, uas) -> Before:
+    pres = aor(uid("alice"))
+    pub = uas(srv.port, "alice")
+    w = uas(srv.port, "bob")
+
+    r = pub.publish(pres, pidf(pres, "before"), expires=600)
+    assert r.status == 200, r
+    etag = r.sip_etag
+    r = pub.publish(pres, dialog_info(pres, "early"), event="dialog", ctype=DIALOG_CT, expires=600)
+    assert r.status == 200, r
+    detag = r.sip_etag
+
+    r, dp = w.subscribe(pres, "presence", expires=600)
+    assert r.status == 200, r
+    n = w.expect_notify(dp)
+    assert b"before" in n.body
+    p_cseq = n.cseq.seq
+
+    r, dd = w.subscribe(pres, "dialog", expires=600, extra=[("Accept", DIALOG_CT)])
+    assert r.status == 200, r
+    n = w.expect_notify(dd)
+    d_cseq, d_ver = n.cseq.seq, body_version(n.body)
+
+    # A PUBLISH-triggered NOTIFY: its CSeq and version must be stored too.
+    r = pub.publish(pres, dialog_info(pres, "confirmed"), event="dialog", ctype=DIALOG_CT, etag=detag, expires=600)
+    assert r.status == 200, r
+    detag = r.sip_etag
+    n = w.expect_notify(dd)
+    assert b"confirmed" in n.body
+    assert n.cseq.seq > d_cseq and body_version(n.body) > d_ver
+    d_cseq, d_ver = n.cseq.seq, body_version(n.body)
+    assert w.notifies(window=0.2) == []
+    return Before(pres, pub, w, etag, detag, dp, dd, p_cseq, d_cseq, d_ver)
+
+
+def _check_restored(b: Before) -> None:
+    pub, w = b.pub, b.watcher
+
+    # The publications and their ETags are back.
+    r = pub.publish(b.pres, etag=b.etag, expires=600)
+    assert r.status == 200, r
+    assert r.sip_etag and r.sip_etag != b.etag
+    r = pub.publish(b.pres, dialog_info(b.pres, "terminated"), event="dialog", ctype=DIALOG_CT,
+                    etag=b.dialog_etag, expires=600)
+    assert r.status == 200, r
+    # the modify notifies the restored dialog subscription
+    n = w.expect_notify(b.dialog_dlg)
+    assert b"terminated" in n.body
+    assert n.cseq.seq > b.dialog_cseq
+    assert body_version(n.body) > b.dialog_version
+    d_cseq, d_ver = n.cseq.seq, body_version(n.body)
+    w.notifies(window=0.3)  # the presence refresh may have notified too
+
+    # In-dialog refreshes are accepted; the NOTIFY continues the dialog's CSeq.
+    r, _ = w.subscribe(b.pres, "presence", expires=600, dialog=b.presence_dlg)
+    assert r.status == 200, r
+    n = w.expect_notify(b.presence_dlg)
+    assert n.cseq.seq > b.presence_cseq
+    assert sub_state(n).startswith("active")
+    assert b"before" in n.body
+    p_cseq = n.cseq.seq
+
+    r, _ = w.subscribe(b.pres, "dialog", expires=600, dialog=b.dialog_dlg, extra=[("Accept", DIALOG_CT)])
+    assert r.status == 200, r
+    n = w.expect_notify(b.dialog_dlg)
+    assert n.cseq.seq > d_cseq
+    assert body_version(n.body) > d_ver
+
+    # A new publication reaches the restored presence subscription.
+    other = UA(pub.server[1], user="alice2")
+    try:
+        r = other.publish(b.pres, pidf(b.pres, "after-restart", tuple_id="t2"), expires=600)
+        assert r.status == 200, r
+    finally:
+        other.close()
+    n = w.expect_notify(b.presence_dlg)
+    assert b"after-restart" in n.body and b"before" in n.body
+    assert n.cseq.seq > p_cseq
+
+
+def _rows(db, b: Before) -> tuple[int, int]:
+    user = b.pres.split(":", 1)[1].split("@")[0]
+    return (
+        db.count("presentity", "username = ?", (user,)),
+        db.count("active_watchers", "presentity_uri = ?", (b.pres,)),
+    )
+
+
+def test_write_through_survives_kill9(database, servers, uas):
+    srv = servers.start("--set", "presence.subs_db_mode=1", "--set", "presence.publ_cache=1", *COMMON, db=database)
+    b = _setup(srv, uas)
+    assert _rows(database, b) == (2, 2)  # committed before the replies left
+    srv.kill9()
+
+    srv2 = servers.restart(srv)
+    assert "restored 2 publications and 2 subscriptions" in srv2.output()
+    _check_restored(b)
+
+
+def test_write_back_survives_sigterm(database, servers, uas):
+    srv = servers.start("--set", "presence.subs_db_mode=2", "--set", "presence.db_update_period=100", *COMMON, db=database)
+    b = _setup(srv, uas)
+    assert srv.sigterm() == 0
+    assert _rows(database, b) == (2, 2)
+
+    srv2 = servers.restart(srv)
+    assert "restored 2 publications and 2 subscriptions" in srv2.output()
+    _check_restored(b)
+
+
+def test_memory_only_modes_keep_nothing(tmp_path, servers, uas):
+    """publ_cache=2 + subs_db_mode=0 (documented memory-only): a restart starts empty."""
+    from persist_support import Database
+
+    db = Database.open("sqlite", tmp_path)
+    srv = servers.start("--set", "presence.subs_db_mode=0", "--set", "presence.publ_cache=2", *COMMON, db=db)
+    b = _setup(srv, uas)
+    assert srv.sigterm() == 0
+    assert _rows(db, b) == (0, 0)
+
+    servers.restart(srv)
+    assert b.pub.publish(b.pres, etag=b.etag, expires=600).status == 412
+    r, _ = b.watcher.subscribe(b.pres, "presence", expires=600, dialog=b.presence_dlg)
+    assert r.status == 481
+    assert b.watcher.notifies(window=0.3) == []
