@@ -102,7 +102,8 @@ def test_presenced_defaults():
 def test_schema_covers_all_kamailio_params():
     # 45 presence parameters: 38 (5.6) + 6 DMQ (6.1) + dmq_peer_id (master).
     assert len(SCHEMA["presence"]) == 45
-    assert len(SCHEMA["presence_xml"]) == 16
+    # 16 Kamailio presence_xml parameters plus presenced's no_rules_policy.
+    assert len(SCHEMA["presence_xml"]) == 17
     assert set(SCHEMA["presence_dialoginfo"]) == {
         "force_single_dialog", "force_dummy_dialog", "default_expires"}
     assert SCHEMA["presence"]["enable_subs_dmq"].since == "6.1"

@@ -177,5 +177,19 @@ def config_show(config_file, sets) -> None:
     click.echo(cfg.show())
 
 
+def _register_subcommands() -> None:
+    from presenced.cli_admin import rules
+
+    main.add_command(rules)
+    try:
+        from presenced.cli_rpc import rpc
+    except ImportError:  # pragma: no cover - management API not installed
+        return
+    main.add_command(rpc)
+
+
+_register_subcommands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

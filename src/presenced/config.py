@@ -489,6 +489,10 @@ class PresenceXmlSection(_Section):
                                        "default), used when integrated_xcap_server=0.",
                                    check=_check_xcap_servers)
     passive_mode: int = _bool(0, "1: offer none of this module's events.")
+    no_rules_policy: str = _str(
+        "pending", "presenced: what a watcher of a presentity WITHOUT a pres-rules document gets: "
+                   "pending (Kamailio), allow, same-domain (allow the presentity's domain, pending "
+                   "otherwise) or block.", choices=("pending", "allow", "same-domain", "block"))
     xcapauth_userdel_reason: str = _str(
         "probation", "Subscription-State reason when an allowed watcher no longer matches "
                      "any rule (may add ;retry-after=N).", check=_check_subs_reason)

@@ -136,12 +136,23 @@ def test_write_through_survives_kill9(database, servers, uas):
 def test_write_back_survives_sigterm(database, servers, uas):
     srv = servers.start("--set", "presence.subs_db_mode=2", "--set", "presence.db_update_period=100", *COMMON, db=database)
     b = _setup(srv, uas)
-    assert srv.sigterm() == 0
+    # A subscription-only change is not written until the flush (db_update_period
+    # is 100 s away): SIGTERM must write it.
+    late = uas(srv.port, "carol")
+    r, late_dlg = late.subscribe(b.pres, "presence", expires=600)
+    assert r.status == 200
+    late_cseq = late.expect_notify(late_dlg).cseq.seq
     assert _rows(database, b) == (2, 2)
+    assert srv.sigterm() == 0
+    assert _rows(database, b) == (2, 3)
 
     srv2 = servers.restart(srv)
-    assert "restored 2 publications and 2 subscriptions" in srv2.output()
+    assert "restored 2 publications and 3 subscriptions" in srv2.output()
     _check_restored(b)
+    late.notifies(window=0.3)
+    r, _ = late.subscribe(b.pres, "presence", expires=600, dialog=late_dlg)
+    assert r.status == 200, r
+    assert late.expect_notify(late_dlg).cseq.seq > late_cseq
 
 
 def test_memory_only_modes_keep_nothing(tmp_path, servers, uas):

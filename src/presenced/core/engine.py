@@ -471,11 +471,18 @@ class PresenceEngine:
         if self.force_active:
             return "active", None
         wkey = (sub.pres_uri, pkg.key, self._watcher_key(sub.watcher_uri))
+        auth = self.authorize
+        has_rules = getattr(auth, "has_rules", None)
+        if auth is not None and has_rules is not None and has_rules(sub.pres_uri):
+            # A rules document is the truth: evaluate it every time (RFC 5025 §3.2).
+            decision = auth(sub.pres_uri, sub.watcher_uri, pkg.key, sub)
+            self._set_watcher(wkey, decision)
+            return decision
         known = self.watchers.get(wkey)
         if known is not None:
             return known
         decision: tuple[str, str | None]
-        if self.authorize is not None:
+        if auth is not None:
             decision = self.authorize(sub.pres_uri, sub.watcher_uri, pkg.key, sub)
         else:
             decision = ("pending", None)
@@ -562,7 +569,12 @@ class PresenceEngine:
         else:
             data = body.render(sub.version)
             sub.version += 1
-        return pkg.filter_for(data, sub)
+        data = pkg.filter_for(data, sub)
+        if pkg.requires_auth and self.authorize is not None:
+            filt = getattr(self.authorize, "filter_body", None)
+            if filt is not None:
+                data = filt(data, sub)
+        return data
 
     def send_notify(self, sub: Subscription, pkg: EventPackage, now: float) -> None:
         state = self._state_header(sub, now)
@@ -742,16 +754,7 @@ class PresenceEngine:
         pres = self.presentity_key(uri)
         changed = 0
         for sub in list(self.subs_by_presentity.get((pres, pkg.key), {}).values()):
-            if self.force_active:
-                new = ("active", None)
-            else:
-                wkey = (pres, pkg.key, self._watcher_key(sub.watcher_uri))
-                new = self.watchers.get(wkey)
-                if new is None and self.authorize is not None:
-                    new = self.authorize(pres, sub.watcher_uri, pkg.key, sub)
-                    self._set_watcher(wkey, new)
-                if new is None:
-                    continue
+            new = self._authorize(sub, pkg)
             if (sub.status, sub.reason) == new:
                 continue
             changed += 1

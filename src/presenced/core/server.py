@@ -55,6 +55,16 @@ class SipCore:
             self._reg_recent: dict[str, list] = {}
             self.registrar.on_change = self._registration_changed
             self.engine.state_providers["reg"] = self._reginfo_for
+        self.authorizer = None
+        if not int(_opt(cfg, "presence_xml", "force_active", 0)):
+            from presenced.core.authorization import RulesAuthorizer
+
+            self.authorizer = RulesAuthorizer(
+                self.engine,
+                no_rules_policy=str(_opt(cfg, "presence_xml", "no_rules_policy", "pending")),
+                sphere_check=bool(int(_opt(cfg, "presence", "enable_sphere_check", 0))),
+            )
+            self.engine.authorize = self.authorizer
         self.route: Callable[..., Any] | None = None
         self.stats: dict[str, int] = {"dropped": 0, "parse_errors": 0, "internal_errors": 0}
         self.requests_by_method: dict[str, int] = {}

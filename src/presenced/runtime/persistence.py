@@ -204,8 +204,39 @@ def _subscription_from_row(engine: PresenceEngine, r: ActiveWatcherRow, ext: Sub
     )
 
 
+WRITE_TIMEOUT = 3.0      # seconds a transaction may take before it counts as failed (retried later)
+CLEAN_TIMEOUT = 30.0     # the expired-rows sweep
+RETRY_MAX = 30.0         # longest back-off between retries while the database is unreachable
+
+
+def _forget(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: no "exception was never retrieved" noise
+
+
+async def bounded(coro: Any, timeout: float) -> Any:
+    """Await `coro` for at most `timeout` seconds, then give up on it *without*
+    waiting for it to unwind: a driver stuck on a dead connection may take as long
+    to handle the cancellation as the call itself (asyncio.wait_for would wait)."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if task in done:
+        return task.result()
+    task.cancel()
+    task.add_done_callback(_forget)
+    raise TimeoutError(f"no answer within {timeout:g} s")
+
+
 class Persistence:
-    """Owns the store connection, the flush policy and the retry loop."""
+    """Owns the store connection, the flush policy and the retry loop.
+
+    While the database is unreachable the server keeps answering: write-through
+    degrades to write-back (replies and NOTIFYs leave at once, the changes stay
+    in the journal) and the journal is retried with exponential back-off, up to
+    RETRY_MAX seconds apart; the first success restores write-through. A
+    transaction that does not finish within WRITE_TIMEOUT counts as failed
+    (every batch is idempotent, so writing it again is safe).
+    """
 
     def __init__(self, store: Any, engine: PresenceEngine, cfg: Any, send: Callable[[list], None]) -> None:
         self.store = store
@@ -219,10 +250,16 @@ class Persistence:
         self.held: list = []            # outbox items waiting for their commit
         self._writer: asyncio.Task | None = None
         self._tasks: list[asyncio.Task] = []
+        self._lock = asyncio.Lock()     # one transaction at a time, in journal order
+        self._retry_handle: asyncio.TimerHandle | None = None
+        self.write_timeout = WRITE_TIMEOUT
         self.healthy = True
         self.last_error: str | None = None
-        self.failures = 0
+        self.failures = 0               # failed transactions, ever
+        self.consecutive_failures = 0   # since the last success (drives the back-off)
+        self.outage_since: float | None = None
         self.commits = 0
+        self._stopping = False
 
     @property
     def persist_publications(self) -> bool:
@@ -253,8 +290,9 @@ class Persistence:
         return counts
 
     def needs_sync(self) -> bool:
+        """Must the pending outbox wait for a commit? Never during an outage."""
         j = self.engine.journal
-        if j is None:
+        if j is None or not self.healthy:
             return False
         if (j.pubs or j.pub_deletes) and self.persist_publications:
             return True
@@ -262,55 +300,88 @@ class Persistence:
 
     def hold(self, items: list) -> None:
         """Queue outbox items until the current journal is committed."""
+        if not self.healthy and not self.held:
+            # Outage: answer now; the journal is written when the database is back.
+            self.send(items)
+            return
         self.held.extend(items)
+        self._kick()
+
+    def _kick(self) -> None:
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     async def _write_loop(self) -> None:
         while True:
             items, self.held = self.held, []
-            await self.flush()
+            ok = await self.flush()
             self.send(items)
+            if not ok:
+                # Release what queued meanwhile too; the retry timer takes over.
+                items, self.held = self.held, []
+                self.send(items)
+                return
             if not self.held and not self.needs_sync():
                 return
 
-    async def flush(self) -> None:
-        j = self.engine.journal
-        if j is None or not j:
-            return
-        taken = j.take()
-        if not self.persist_publications:
-            taken.pubs.clear()
-            taken.pub_deletes.clear()
-        if not self.persist_subscriptions:
-            taken.subs.clear()
-        batch = build_batch(taken, self.engine.wall_offset)
-        if batch.empty():
-            return
-        try:
-            await self.store.write(batch)
+    async def flush(self) -> bool:
+        """Write the journal in one transaction; False if it failed (it will be retried)."""
+        async with self._lock:
+            j = self.engine.journal
+            if j is None or not j:
+                return True
+            taken = j.take()
+            if not self.persist_publications:
+                taken.pubs.clear()
+                taken.pub_deletes.clear()
+            if not self.persist_subscriptions:
+                taken.subs.clear()
+            batch = build_batch(taken, self.engine.wall_offset)
+            if batch.empty():
+                return True
+            try:
+                await bounded(self.store.write(batch), self.write_timeout)
+            except Exception as e:  # keep answering; retry these changes later
+                self._failed(e)
+                self._merge_back(taken)
+                return False
             self.commits += 1
             if not self.healthy:
-                log.warning("storage %s is reachable again", self.store.url)
+                down = time.monotonic() - (self.outage_since or time.monotonic())
+                log.warning("storage %s is reachable again after %.1f s; pending changes written",
+                            self.store.url, down)
             self.healthy = True
             self.last_error = None
-        except Exception as e:  # keep answering; retry these changes later
-            self.failures += 1
-            self.healthy = False
-            self.last_error = str(e)
-            log.error("storage write to %s failed (will retry): %s", self.store.url, e)
-            self._merge_back(taken)
-            asyncio.get_running_loop().call_later(min(30.0, 0.5 * 2 ** min(self.failures, 6)), self._retry)
+            self.consecutive_failures = 0
+            self.outage_since = None
+            return True
+
+    def _failed(self, e: BaseException) -> None:
+        self.failures += 1
+        self.consecutive_failures += 1
+        self.last_error = str(e) or type(e).__name__
+        if self.healthy:
+            self.outage_since = time.monotonic()
+        self.healthy = False
+        if self._stopping:
+            log.error("storage write to %s failed: %s", self.store.url, self.last_error)
+            return
+        delay = min(RETRY_MAX, 0.5 * 2 ** min(self.consecutive_failures, 6))
+        log.error("storage write to %s failed (retrying in %.1f s; replies no longer wait for the database): %s",
+                  self.store.url, delay, self.last_error)
+        if self._retry_handle is None:
+            self._retry_handle = asyncio.get_running_loop().call_later(delay, self._retry)
 
     def _retry(self) -> None:
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self.flush())
+        self._retry_handle = None
+        self._kick()
 
     def _merge_back(self, taken: Journal) -> None:
         j = self.engine.journal
         assert j is not None
         for etag, v in taken.pub_deletes.items():
-            j.pub_deletes.setdefault(etag, v)
+            if etag not in j.pubs:
+                j.pub_deletes.setdefault(etag, v)
         for etag, p in taken.pubs.items():
             if etag not in j.pub_deletes:
                 j.pubs.setdefault(etag, p)
@@ -322,31 +393,54 @@ class Persistence:
     async def _periodic_flush(self) -> None:
         while True:
             await asyncio.sleep(self.db_update_period)
-            await self.flush()
+            if self.healthy:  # during an outage the retry timer owns the journal
+                await self.flush()
 
     async def _periodic_clean(self) -> None:
         while True:
             await asyncio.sleep(self.clean_period)
             try:
-                await self.store.delete_expired(int(time.time()))
+                await bounded(self.store.delete_expired(int(time.time())), CLEAN_TIMEOUT)
             except Exception as e:
-                log.warning("cleaning expired rows in %s failed: %s", self.store.url, e)
+                log.warning("cleaning expired rows in %s failed: %s", self.store.url, str(e) or type(e).__name__)
 
     async def stop(self) -> None:
+        self._stopping = True
         for t in self._tasks:
             t.cancel()
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+            self._retry_handle = None
         if self._writer is not None and not self._writer.done():
-            try:
-                await asyncio.wait_for(self._writer, 5)
-            except Exception:
-                pass
+            await asyncio.wait({self._writer}, timeout=2 * self.write_timeout)
         try:
-            await self.flush()
+            if not await self.flush():
+                log.error("storage %s: changes since %s could not be written before stopping",
+                          self.store.url, "the outage began" if self.outage_since else "the last commit")
         finally:
-            await self.store.close()
+            if self._retry_handle is not None:
+                self._retry_handle.cancel()
+                self._retry_handle = None
+            try:
+                await bounded(self.store.close(), self.write_timeout)
+            except Exception as e:
+                log.warning("closing %s: %s", self.store.url, str(e) or type(e).__name__)
+                _terminate(self.store)
 
     async def ping(self) -> bool:
         try:
-            return bool(await self.store.ping())
+            return bool(await bounded(self.store.ping(), self.write_timeout))
         except Exception:
             return False
+
+
+def _terminate(store: Any) -> None:
+    """Drop a server store's connections at once (their pending calls fail), so
+    that nothing stuck on an unreachable database keeps the process from exiting."""
+    pool = getattr(store, "_pool", None)
+    terminate = getattr(pool, "terminate", None)
+    if callable(terminate):
+        try:
+            terminate()
+        except Exception as e:  # noqa: BLE001 - best effort on the way out
+            log.debug("terminating connections to %s: %s", store.url, e)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import ipaddress
 import logging
 import signal
@@ -65,6 +66,7 @@ class Server:
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.core.engine.wall_offset = time.time() - self.loop.time()
         await self._open_store()
         for proto, host, port in self.listen_specs:
             if proto == "udp":
@@ -100,8 +102,31 @@ class Server:
         self.persistence = Persistence(store, self.core.engine, self.cfg, self._send_items)
         assert self.loop is not None
         n_pub, n_sub = await self.persistence.start(self.loop.time())
+        await self.load_rules()
         self._arm_timer()
         log.info("storage %s: restored %d publications and %d subscriptions", store.url, n_pub, n_sub)
+
+    async def load_rules(self, presentity: str | None = None) -> int:
+        """(Re)load pres-rules from the xcap table: all, or one presentity AoR."""
+        auth = self.core.authorizer
+        if auth is None or self.persistence is None:
+            return 0
+        from presenced.core.authorization import PRES_RULES
+        from presenced.runtime.persistence import join_aor, split_aor
+
+        store = self.persistence.store
+        if presentity is None:
+            rows = await store.load_xcap(PRES_RULES)
+            auth.rules.clear()
+            for row in rows:
+                aor = join_aor(row.username, row.domain)
+                if aor not in auth.rules:  # the first row wins, as in Kamailio
+                    auth.set_document(aor, bytes(row.doc))
+            return len(auth.rules)
+        user, domain = split_aor(presentity)
+        row = await store.get_xcap(user, domain, PRES_RULES)
+        auth.set_document(presentity, bytes(row.doc) if row is not None else None)
+        return 1 if row is not None else 0
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop listening, let in-flight NOTIFY transactions finish (bounded)."""

@@ -155,6 +155,11 @@ class Store(abc.ABC):
         """The first (lowest id) document of that type for the user."""
 
     @abc.abstractmethod
+    async def load_xcap(self, doc_type: int) -> list[XcapRow]:
+        """Every document of one type, oldest first (pres-rules cache at start-up)."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
     async def put_xcap(self, row: XcapRow) -> None:
         """Insert, or replace the row with the same doc_uri (doc_uri is unique in Kamailio's schema)."""
 

@@ -188,6 +188,10 @@ class MemoryStore(Store):
                 return copy.copy(r)
         return None
 
+    async def load_xcap(self, doc_type: int) -> list[XcapRow]:
+        self._check()
+        return [copy.copy(r) for r in self._xcap.values() if r.doc_type == doc_type]
+
     async def put_xcap(self, row: XcapRow) -> None:
         self._check()
         self._xcap[row.doc_uri] = copy.copy(row)

@@ -381,6 +381,7 @@ class Queries:
             "xcap_get": f"SELECT {X} FROM {x} WHERE username = ? AND domain = ? AND doc_type = ? ORDER BY id LIMIT 1",
             "xcap_put": _upsert(dialect, x, XCAP.data_columns, ("doc_uri",)),
             "xcap_delete": f"DELETE FROM {x} WHERE username = ? AND domain = ? AND doc_type = ?",
+            "xcap_all": f"SELECT {X} FROM {x} WHERE doc_type = ? ORDER BY id",
             # version
             "version_get": f"SELECT table_version FROM {v} WHERE table_name = ?",
             "version_insert": f"INSERT INTO {v} (table_name, table_version) VALUES (?, ?)",

@@ -313,6 +313,10 @@ class SqlStore(Store):
         rows = await self._select("get_xcap", self.q.xcap_get, (username, domain, doc_type))
         return self._dec_x(rows[0]) if rows else None
 
+    async def load_xcap(self, doc_type: int) -> list[XcapRow]:
+        rows = await self._select("load_xcap", self.q.xcap_all, (doc_type,))
+        return [self._dec_x(r) for r in rows]
+
     async def put_xcap(self, row: XcapRow) -> None:
         await self._do("put_xcap", self._run, [(self.q.xcap_put, [self._x_args(row)], True)])
 
