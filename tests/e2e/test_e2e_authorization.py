@@ -1,0 +1,107 @@
+"""Watcher authorization over real sockets: pres-rules in the xcap table.
+
+The rules are stored with `presenced rules put` in a SQLite database, the
+server is started on it without force_active, and watchers see what the
+owner allowed: active with (filtered) state, pending without state, or
+terminated;reason=rejected.
+"""
+
+from __future__ import annotations
+
+import pytest
+from e2e_support import Phone, cli, pidf, sub_state
+
+RULES = """<?xml version="1.0" encoding="UTF-8"?>
+<cr:ruleset xmlns="urn:ietf:params:xml:ns:pres-rules" xmlns:cr="urn:ietf:params:xml:ns:common-policy">
+  <cr:rule id="friends">
+    <cr:conditions><cr:identity><cr:one id="sip:bob@127.0.0.1"/></cr:identity></cr:conditions>
+    <cr:actions><sub-handling>allow</sub-handling></cr:actions>
+    <cr:transformations><provide-services><all-services/></provide-services></cr:transformations>
+  </cr:rule>
+  <cr:rule id="also-bob">
+    <cr:conditions><cr:identity><cr:one id="sip:bob@127.0.0.1"/></cr:identity></cr:conditions>
+    <cr:actions><sub-handling>confirm</sub-handling></cr:actions>
+  </cr:rule>
+  <cr:rule id="blocked">
+    <cr:conditions><cr:identity><cr:one id="sip:eve@127.0.0.1"/></cr:identity></cr:conditions>
+    <cr:actions><sub-handling>block</sub-handling></cr:actions>
+  </cr:rule>
+  <cr:rule id="ask">
+    <cr:conditions><cr:identity><cr:one id="sip:carol@127.0.0.1"/></cr:identity></cr:conditions>
+    <cr:actions><sub-handling>confirm</sub-handling></cr:actions>
+  </cr:rule>
+  <cr:rule id="polite">
+    <cr:conditions><cr:identity><cr:one id="sip:mallory@127.0.0.1"/></cr:identity></cr:conditions>
+    <cr:actions><sub-handling>polite-block</sub-handling></cr:actions>
+  </cr:rule>
+</cr:ruleset>
+"""
+
+
+@pytest.fixture
+def rules_db(tmp_path):
+    db = f"sqlite://{tmp_path}/rules.db"
+    f = tmp_path / "rules.xml"
+    f.write_text(RULES)
+    r = cli("rules", "put", "sip:alice@127.0.0.1", str(f), "--db-url", db)
+    assert r.returncode == 0, r.stderr
+    return db
+
+
+def test_rules_decide_each_watcher(spawn, rules_db):
+    srv = spawn("--db-url", rules_db)
+    owner = Phone(srv.port, user="alice")
+    assert owner.publish("sip:alice@127.0.0.1", pidf("sip:alice@127.0.0.1")).status == 200
+    seen = {}
+    for user in ("bob", "eve", "carol", "mallory", "dave"):
+        w = Phone(srv.port, user=user)
+        resp, dlg = w.subscribe("sip:alice@127.0.0.1")
+        assert resp.status == 200
+        n = w.expect_notify(dlg)
+        seen[user] = (sub_state(n).split(";")[0], n.body)
+    # every matching rule counts: allow beats confirm (RFC 4745 §10)
+    assert seen["bob"][0] == "active" and b"<basic>open</basic>" in seen["bob"][1]
+    assert seen["eve"][0] == "terminated" and seen["eve"][1] == b""
+    assert seen["carol"][0] == "pending" and seen["carol"][1] == b""
+    # polite-block looks active but carries no state
+    assert seen["mallory"][0] == "active" and seen["mallory"][1] == b""
+    # inside a document, no matching rule is the null permission: block
+    assert seen["dave"][0] == "terminated"
+
+
+def test_owner_winfo_lists_pending_watcher(spawn, rules_db):
+    srv = spawn("--db-url", rules_db)
+    owner = Phone(srv.port, user="alice")
+    resp, wd = owner.subscribe("sip:alice@127.0.0.1", event="presence.winfo")
+    assert resp.status == 200
+    first = owner.expect_notify(wd)
+    assert b'state="full"' in first.body
+    carol = Phone(srv.port, user="carol")
+    resp, _ = carol.subscribe("sip:alice@127.0.0.1")
+    assert resp.status == 200
+    update = owner.expect_notify(wd)
+    assert b'status="pending"' in update.body and b"sip:carol@127.0.0.1" in update.body
+
+
+def test_no_rules_document_leaves_watchers_pending(spawn, tmp_path):
+    srv = spawn("--db-url", f"sqlite://{tmp_path}/empty.db")
+    w = Phone(srv.port, user="bob")
+    resp, dlg = w.subscribe("sip:nobody@127.0.0.1")
+    assert resp.status == 200
+    assert sub_state(w.expect_notify(dlg)).split(";")[0] == "pending"
+
+
+def test_no_rules_policy_same_domain(spawn, tmp_path):
+    srv = spawn("--db-url", "memory", "--set", "presence_xml.no_rules_policy=same-domain")
+    w = Phone(srv.port, user="bob")
+    resp, dlg = w.subscribe("sip:nobody@127.0.0.1")
+    assert resp.status == 200
+    assert sub_state(w.expect_notify(dlg)).split(";")[0] == "active"
+
+
+def test_rules_cli_rejects_invalid_document(tmp_path):
+    bad = tmp_path / "bad.xml"
+    bad.write_text("<ruleset xmlns='urn:example:wrong'/>")
+    r = cli("rules", "put", "sip:alice@127.0.0.1", str(bad), "--db-url", f"sqlite://{tmp_path}/x.db")
+    assert r.returncode == 2
+    assert "invalid pres-rules" in r.stderr
