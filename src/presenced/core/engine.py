@@ -44,6 +44,7 @@ class RequestContext:
     source: Address
     local_host: str
     local_port: int
+    identity: str | None = None  # authenticated sip:user@domain, when digest auth ran
 
 
 def _opt(cfg: Any, section: str, name: str, default: Any) -> Any:
@@ -59,7 +60,9 @@ def new_tag() -> str:
 
 def new_etag() -> str:
     # 96 random bits: unguessable and, in practice, unique across restarts.
-    return "a" + secrets.token_urlsafe(12)
+    # The ".0" tail keeps Kamailio able to refresh it on a shared database: its
+    # presence module parses a counter after the last dot and answers 500 if none.
+    return "a" + secrets.token_urlsafe(12) + ".0"
 
 
 class PresenceEngine:

@@ -65,6 +65,17 @@ class SipCore:
                 sphere_check=bool(int(_opt(cfg, "presence", "enable_sphere_check", 0))),
             )
             self.engine.authorize = self.authorizer
+        # Built-in digest authentication (RFC 3261 §22) for the methods in auth.require.
+        self.auth_methods = {m.upper() for m in (_opt(cfg, "auth", "require", []) or [])}
+        self.auth_realm = str(_opt(cfg, "auth", "realm", "") or "")
+        self.credentials: dict[tuple[str, str], Any] = {}
+        self.digest = None
+        if self.auth_methods:
+            import secrets as _secrets
+
+            from presenced.auth import DigestAuthenticator
+
+            self.digest = DigestAuthenticator(self.auth_realm or "presenced", _secrets.token_bytes(32))
         self.route: Callable[..., Any] | None = None
         self.stats: dict[str, int] = {"dropped": 0, "parse_errors": 0, "internal_errors": 0}
         self.requests_by_method: dict[str, int] = {}
@@ -278,11 +289,52 @@ class SipCore:
         if unsupported:
             self.respond(req, st, Reply(420, "Bad Extension", [("Unsupported", ", ".join(unsupported))]), now)
             return
+        if method in self.auth_methods and not self._authenticate(req, st, ctx, now):
+            return
         if self.route is not None:
             handled = self.route(self, req, st, ctx, now)
             if handled:
                 return
         self.default_route(req, st, ctx, now)
+
+    def _authenticate(self, req: Request, st: ServerTransaction, ctx: RequestContext, now: float) -> bool:
+        """Digest-check `req`; answers 401/403 itself and returns False when it fails."""
+        assert self.digest is not None
+        try:
+            realm = self.auth_realm or req.from_.uri.host.lower()
+        except SipParseError as e:
+            self.respond(req, st, Reply(400, e.reason), now)
+            return False
+        wall = now + self.engine.wall_offset
+        result = self.digest.verify(req, wall, self._credentials_for, ctx.source.host, realm=realm)
+        if result.ok:
+            ctx.identity = f"sip:{result.username}@{result.domain}"
+            return True
+        if result.rate_limited:
+            log.warning("auth: %s locked out after repeated failures (%s %s)", ctx.source.host, req.method, req.get("call-id"))
+            headers = [("Retry-After", str(int(result.retry_after or 60)))]
+            self.respond(req, st, Reply(403, "Too Many Failed Authentication Attempts", headers), now)
+            return False
+        if result.reason and req.has("authorization"):
+            log.info("auth: %s %s from %s failed: %s", req.method, req.get("call-id"), ctx.source.host, result.reason)
+        self.stats["auth_challenges"] = self.stats.get("auth_challenges", 0) + 1
+        challenge = self.digest.challenge(wall, stale=result.stale, realm=realm)
+        self.respond(req, st, Reply(401, "Unauthorized", challenge), now)
+        return False
+
+    def _credentials_for(self, username: str, domain: str):
+        return self.credentials.get((username, domain.lower()))
+
+    def load_credentials(self, rows) -> None:
+        """Replace the credential cache from `subscriber` rows."""
+        from presenced.auth import Credentials
+
+        self.credentials = {
+            (r.username, r.domain.lower()): Credentials(
+                r.username, r.domain, password=r.password or None, ha1=r.ha1 or None, ha1b=r.ha1b or None
+            )
+            for r in rows
+        }
 
     def default_route(self, req: Request, st: ServerTransaction, ctx: RequestContext, now: float) -> None:
         method = req.method
@@ -305,11 +357,20 @@ class SipCore:
             self.respond(req, st, Reply(405, "Method Not Allowed", [("Allow", self.allow())]), now)
 
     def handle_publish(self, req: Request, st: ServerTransaction, ctx: RequestContext, now: float, sender_uri: str | None = None) -> None:
+        if ctx.identity is not None:
+            # An authenticated publisher may only publish its own state.
+            try:
+                own = self.engine.presentity_key(req.uri_text) == self.engine.presentity_key(ctx.identity)
+            except SipParseError:
+                own = False
+            if not own:
+                self.respond(req, st, Reply(403, "Forbidden: not your presentity"), now)
+                return
         reply = self.engine.handle_publish(req, ctx, now, sender_uri)
         self.respond(req, st, reply, now)
 
     def handle_subscribe(self, req: Request, st: ServerTransaction, ctx: RequestContext, now: float, watcher_uri: str | None = None) -> None:
-        reply, after = self.engine.handle_subscribe(req, ctx, now, watcher_uri)
+        reply, after = self.engine.handle_subscribe(req, ctx, now, watcher_uri or ctx.identity)
         if 200 <= reply.status < 300:
             reply.headers.append(("Allow-Events", self.engine.allow_events()))
         self.respond(req, st, reply, now)

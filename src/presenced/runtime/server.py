@@ -89,6 +89,10 @@ class Server:
     async def _open_store(self) -> None:
         url = getattr(getattr(self.cfg, "db", None), "url", "memory") if self.cfg is not None else "memory"
         if url == "memory":
+            if self.core.auth_methods:
+                from presenced.storage.base import StoreError
+
+                raise StoreError("auth.require needs credentials from the subscriber table: set db.url (not memory)")
             return
         from presenced.runtime.persistence import Persistence
         from presenced.storage import Store
@@ -103,6 +107,9 @@ class Server:
         assert self.loop is not None
         n_pub, n_sub = await self.persistence.start(self.loop.time())
         await self.load_rules()
+        if self.core.auth_methods:
+            await self.load_credentials()
+            self._tasks.add(self.loop.create_task(self._refresh_credentials()))
         self._arm_timer()
         log.info("storage %s: restored %d publications and %d subscriptions", store.url, n_pub, n_sub)
 
@@ -127,6 +134,21 @@ class Server:
         row = await store.get_xcap(user, domain, PRES_RULES)
         auth.set_document(presentity, bytes(row.doc) if row is not None else None)
         return 1 if row is not None else 0
+
+    async def load_credentials(self) -> int:
+        """Cache Kamailio's `subscriber` rows for digest authentication."""
+        rows = await self.persistence.store.load_subscribers()
+        self.core.load_credentials(rows)
+        return len(rows)
+
+    async def _refresh_credentials(self, period: float = 30.0) -> None:
+        # Users added with `presenced user add` are picked up within `period`.
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.load_credentials()
+            except Exception as e:
+                log.warning("reloading credentials failed: %s", e)
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop listening, let in-flight NOTIFY transactions finish (bounded)."""
