@@ -1,4 +1,4 @@
-"""Command line: `presenced serve|config ...`.
+"""Command line: `presenced serve|db|config ...`.
 
 Configuration mistakes exit with status 2 and one line naming the field, so
 a wrapper script or a unit file fails loudly and readably.
@@ -20,7 +20,7 @@ def _fail(msg: str) -> None:
     sys.exit(2)
 
 
-def _load(config_file, listen, db_url, sets, log_level):
+def _load(config_file, listen, db_url, sets, log_level, http_listen=None):
     from presenced.config import ConfigError, load_config
 
     overrides: dict[str, object] = {}
@@ -30,6 +30,8 @@ def _load(config_file, listen, db_url, sets, log_level):
         overrides["db.url"] = db_url
     if log_level:
         overrides["log.level"] = log_level.lower()
+    if http_listen:
+        overrides["http.listen"] = http_listen
     try:
         return load_config(config_file, list(sets), overrides)
     except ConfigError as e:
@@ -49,9 +51,10 @@ def main() -> None:
 @click.option("--set", "sets", multiple=True, metavar="SECTION.PARAM=VALUE", help="Override a parameter (Kamailio names).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 @click.option("--route", "route_spec", metavar="MODULE:FUNCTION", help="Python routing hook called for each request.")
-def serve(config_file, listen, db_url, sets, log_level, route_spec) -> None:
+@click.option("--http", "http_listen", metavar="HOST:PORT", help="Management API (JSON-RPC /RPC, /metrics, /health).")
+def serve(config_file, listen, db_url, sets, log_level, route_spec, http_listen) -> None:
     """Run the server in the foreground until SIGTERM/SIGINT."""
-    cfg = _load(config_file, listen, db_url, sets, log_level)
+    cfg = _load(config_file, listen, db_url, sets, log_level, http_listen)
     logging.basicConfig(
         level=getattr(logging, str(cfg.log.level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -115,7 +118,7 @@ def db_init(config_file, db_url, sets) -> None:
     cfg = _load(config_file, (), db_url, sets, None)
     url = cfg.db.url
     from presenced.storage import Store, StoreError, redact_url
-    from presenced.storage.schema import ALL_TABLES
+    from presenced.storage.schema import ALL_TABLES, KAMAILIO_TABLES
 
     if url == "memory" or url.startswith("memory:"):
         click.echo("memory: nothing to create (state is kept in memory only)")
@@ -128,7 +131,7 @@ def db_init(config_file, db_url, sets) -> None:
     async def run() -> list[tuple[str, str, bool]]:
         await store.connect()
         try:
-            keys = ("version", "presentity", "active_watchers", "watchers", "xcap", "ext")
+            keys = ("version", *(t.key for t in KAMAILIO_TABLES), "ext")
             before = {k: await store._table_exists(store.names[k]) for k in keys}
             await store.ensure_schema()
             return [(k, store.names[k], before[k]) for k in keys]
@@ -140,7 +143,8 @@ def db_init(config_file, db_url, sets) -> None:
     except StoreError as e:
         _fail(f"storage: {e}")
     except Exception as e:  # driver errors not wrapped by the store
-        _fail(f"storage: {redact_url(url)}: {e}")
+        reason = store._reason(e) if hasattr(store, "_reason") else str(e)
+        _fail(f"storage: {redact_url(url)}: {reason}")
     created = 0
     for key, name, existed in done:
         version = ALL_TABLES[key].version
@@ -178,9 +182,10 @@ def config_show(config_file, sets) -> None:
 
 
 def _register_subcommands() -> None:
-    from presenced.cli_admin import rules
+    from presenced.cli_admin import rules, user
 
     main.add_command(rules)
+    main.add_command(user)
     try:
         from presenced.cli_rpc import rpc
     except ImportError:  # pragma: no cover - management API not installed

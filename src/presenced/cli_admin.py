@@ -1,13 +1,19 @@
-"""Admin commands that work on the database directly: `presenced rules ...`.
+"""Admin commands that work on the database directly: `presenced rules ...`, `presenced user ...`.
 
 pres-rules live in Kamailio's `xcap` table (doc_type 2), so a document put
 here is also what Kamailio's presence_xml would read, and vice versa. A
 running server picks a change up on `presence.updateWatchers`.
+
+Users live in Kamailio's auth_db `subscriber` table, written the way kamctl
+writes it (clear-text password plus ha1 and ha1b with realm = domain), so
+Kamailio and presenced authenticate the same users.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import secrets
 import sys
 
@@ -19,7 +25,12 @@ def _fail(msg: str) -> None:
     sys.exit(2)
 
 
-def _store_from(db_url: str | None, config_file: str | None, sets: tuple[str, ...]):
+# Kamailio's auth_db reads credentials from `subscriber` (the table named in
+# auth_check()/www_authorize()); there is no configuration key for it yet.
+SUBSCRIBER_TABLE = "subscriber"
+
+
+def _store_from(db_url: str | None, config_file: str | None, sets: tuple[str, ...], what: str = "rules"):
     from presenced.config import ConfigError, load_config
     from presenced.storage import Store
 
@@ -28,8 +39,9 @@ def _store_from(db_url: str | None, config_file: str | None, sets: tuple[str, ..
     except ConfigError as e:
         _fail(str(e))
     if cfg.db.url == "memory":
-        _fail("rules need a database: give --db-url or a config file with db.url")
-    return Store.from_url(cfg.db.url, tables={"xcap": cfg.presence_xml.xcap_table})
+        _fail(f"{what} need a database: give --db-url or a config file with db.url")
+    tables = {"xcap": cfg.presence_xml.xcap_table, "subscriber": SUBSCRIBER_TABLE}
+    return Store.from_url(cfg.db.url, tables=tables)
 
 
 def _aor(uri: str) -> tuple[str, str, str]:
@@ -133,3 +145,116 @@ def rules_delete(uri, db_url, config_file, sets) -> None:
     store = _store_from(db_url, config_file, sets)
     n = asyncio.run(_with_store(store, lambda s: s.delete_xcap(user, domain, PRES_RULES)))
     click.echo(f"deleted {n} pres-rules document(s) of {aor}")
+
+
+# --- users (Kamailio's auth_db `subscriber` table) -------------------------------------
+
+# RFC 3261 user: unreserved / escaped / user-unreserved characters
+_SIP_USER = re.compile(r"^(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+$")
+_DOMAIN = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)$")
+_MAX_FIELD = 64  # username, domain and password are VARCHAR(64) in Kamailio's schema
+
+
+def _account(arg: str) -> tuple[str, str]:
+    """USER@DOMAIN (a sip: or sips: prefix is allowed) as (user, lower-cased domain)."""
+    text = arg
+    for prefix in ("sip:", "sips:"):
+        if text.lower().startswith(prefix):
+            text = text[len(prefix) :]
+            break
+    user, at, domain = text.partition("@")
+    if not at or not user or not domain or "@" in domain:
+        _fail(f"{arg!r}: expected USER@DOMAIN")
+    if not _SIP_USER.match(user):
+        _fail(f"{arg!r}: {user!r} is not a valid SIP user name")
+    if not _DOMAIN.match(domain):
+        _fail(f"{arg!r}: {domain!r} is not a valid domain")
+    if len(user) > _MAX_FIELD or len(domain) > _MAX_FIELD:
+        _fail(f"{arg!r}: user and domain are limited to {_MAX_FIELD} characters each")
+    return user, domain.lower()
+
+
+def _password(password: str | None) -> str:
+    if password is None:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        _fail("the password must not be empty")
+    if len(password) > _MAX_FIELD:
+        _fail(f"the password is limited to {_MAX_FIELD} characters")
+    return password
+
+
+def subscriber_row(user: str, domain: str, password: str):
+    """The `subscriber` row kamctl would write: realm = domain,
+    ha1 = MD5(user:realm:password), ha1b = MD5(user@domain:realm:password)."""
+    from presenced.storage.rows import SubscriberRow
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+    return SubscriberRow(
+        user, domain, password, md5(f"{user}:{domain}:{password}"), md5(f"{user}@{domain}:{domain}:{password}")
+    )
+
+
+def _refuse(msg: str) -> None:
+    click.echo(f"presenced: {msg}", err=True)
+    sys.exit(1)
+
+
+def _exists(store, user: str, domain: str) -> bool:
+    async def get(s):
+        return await s.get_subscriber(user, domain) is not None
+
+    return bool(asyncio.run(_with_store(store, get)))
+
+
+@click.group()
+def user() -> None:
+    """Manage digest credentials in Kamailio's subscriber table."""
+
+
+@user.command("add")
+@click.argument("account", metavar="USER@DOMAIN")
+@click.argument("password", required=False)
+@db_options
+def user_add(account, password, db_url, config_file, sets) -> None:
+    """Add USER@DOMAIN with PASSWORD (prompted for when omitted).
+
+    Like kamctl, stores the password and its ha1/ha1b hashes with the domain as realm.
+    """
+    name, domain = _account(account)
+    store = _store_from(db_url, config_file, sets, "user commands")
+    if _exists(store, name, domain):
+        _refuse(f"{name}@{domain} already exists; use `presenced user passwd {name}@{domain}` to change its password")
+    row = subscriber_row(name, domain, _password(password))
+    asyncio.run(_with_store(store, lambda s: s.put_subscriber(row)))
+    click.echo(f"added {name}@{domain}")
+
+
+@user.command("passwd")
+@click.argument("account", metavar="USER@DOMAIN")
+@click.argument("password", required=False)
+@db_options
+def user_passwd(account, password, db_url, config_file, sets) -> None:
+    """Set USER@DOMAIN's PASSWORD (prompted for when omitted)."""
+    name, domain = _account(account)
+    store = _store_from(db_url, config_file, sets, "user commands")
+    if not _exists(store, name, domain):
+        _refuse(f"{name}@{domain}: no such user; use `presenced user add {name}@{domain}` to create it")
+    row = subscriber_row(name, domain, _password(password))
+    asyncio.run(_with_store(store, lambda s: s.put_subscriber(row)))
+    click.echo(f"password of {name}@{domain} changed")
+
+
+@user.command("remove")
+@click.argument("account", metavar="USER@DOMAIN")
+@db_options
+def user_remove(account, db_url, config_file, sets) -> None:
+    """Remove USER@DOMAIN."""
+    name, domain = _account(account)
+    store = _store_from(db_url, config_file, sets, "user commands")
+    n = asyncio.run(_with_store(store, lambda s: s.delete_subscriber(name, domain)))
+    if not n:
+        _refuse(f"{name}@{domain}: no such user")
+    click.echo(f"removed {name}@{domain}")

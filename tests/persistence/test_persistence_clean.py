@@ -37,7 +37,7 @@ def test_clean_period_purges_expired_rows(tmp_path, servers, uas):
          " VALUES (?, '127.0.0.1', 'presence', ?, ?, ?, ?, '', 0, ?)")
 
     async def insert(store):
-        from persist_support import schema
+        from presenced.storage import schema
 
         await store._run([
             (schema._ph(store.dialect, p.format(**store.names)),

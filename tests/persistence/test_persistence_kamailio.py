@@ -58,6 +58,22 @@ def schema_snapshot(path) -> dict:
     return {"objects": objects, "columns": columns, "versions": versions, "tables": tables}
 
 
+# Tables presenced may add to a Kamailio database: its own, and Kamailio's
+# auth_db `subscriber` (v7, Kamailio's own schema) when that is missing.
+ADDED_TABLES = {"presenced_active_watchers_ext": None, "subscriber": 7}
+
+
+def assert_still_kamailio(before: dict, after: dict) -> None:
+    assert {t: after["versions"][t] for t in EXPECTED_VERSIONS} == EXPECTED_VERSIONS
+    assert {t: after["versions"].get(t) for t in before["versions"]} == before["versions"]
+    added = after["tables"] - before["tables"]
+    assert "presenced_active_watchers_ext" in added and added <= set(ADDED_TABLES), added
+    for t in set(after["versions"]) - set(before["versions"]):
+        assert t in added and after["versions"][t] == ADDED_TABLES[t], (t, after["versions"][t])
+    assert after["columns"] == before["columns"]
+    assert after["objects"] == before["objects"]
+
+
 def insert_like_kamailio(path, *, server_port: int, ua_port: int, pres: str, now: int) -> dict:
     """One presence and one dialog publication, a presence and a dialog subscription
     (active, 2 NOTIFYs already sent: local_cseq 3, version 2), and the watchers decision."""
@@ -152,12 +168,7 @@ def test_serves_a_database_kamailio_created_and_filled(tmp_path, servers, uas):
     assert srv.sigterm() == 0
 
     # Still a Kamailio database: same versions, same Kamailio tables and columns.
-    after = schema_snapshot(path)
-    assert after["versions"] == before["versions"]
-    assert {t: after["versions"][t] for t in EXPECTED_VERSIONS} == EXPECTED_VERSIONS
-    assert after["columns"] == before["columns"]
-    assert after["objects"] == before["objects"]
-    assert after["tables"] - before["tables"] == {"presenced_active_watchers_ext"}
+    assert_still_kamailio(before, schema_snapshot(path))
 
     # ...holding what Kamailio expects to read.
     db = Database("sqlite", url, {})
@@ -171,3 +182,127 @@ def test_serves_a_database_kamailio_created_and_filled(tmp_path, servers, uas):
     (callid, cseq, version, status, sock, rr, contact) = wrows[0]
     assert callid == pd.call_id and cseq == last_cseq and version > 2 and status == 1
     assert sock == f"udp:127.0.0.1:{port}" and rr is None and contact == f"sip:bob@127.0.0.1:{w.port}"
+
+
+# --------------------------------------------------------------- and back
+KAMAILIO = os.environ.get("PRESENCED_KAMAILIO_BIN", "/usr/sbin/kamailio")
+KAMAILIO_MODULES = os.environ.get("PRESENCED_KAMAILIO_MODULES", "/usr/lib/x86_64-linux-gnu/kamailio/modules")
+
+KAMAILIO_CFG = """#!KAMAILIO
+debug=2
+log_stderror=yes
+children=1
+auto_aliases=no
+listen=udp:127.0.0.1:{port}
+mpath="{modules}/"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "db_sqlite.so"
+loadmodule "presence.so"
+loadmodule "presence_xml.so"
+loadmodule "presence_dialoginfo.so"
+modparam("presence", "db_url", "{url}")
+modparam("presence_xml", "db_url", "{url}")
+modparam("presence_xml", "force_active", 1)
+modparam("presence", "subs_db_mode", 2)
+request_route {{
+    if (method == "PUBLISH") {{ handle_publish(); exit; }}
+    if (method == "SUBSCRIBE") {{ handle_subscribe(); exit; }}
+    sl_send_reply("404", "Not here");
+}}
+"""
+
+
+class Kamailio:
+    """Kamailio 5.6 itself (presence + db_sqlite) on the same file, port and socket."""
+
+    def __init__(self, tmp_path, url: str, port: int) -> None:
+        import subprocess
+
+        mods = [os.path.join(KAMAILIO_MODULES, m + ".so")
+                for m in ("tm", "sl", "db_sqlite", "presence", "presence_xml", "presence_dialoginfo")]
+        if not os.access(KAMAILIO, os.X_OK) or not all(os.path.exists(m) for m in mods):
+            pytest.skip("Kamailio 5.6 with presence and db_sqlite modules is not installed "
+                        "(kamailio-presence-modules, kamailio-sqlite-modules)")
+        cfg = tmp_path / "kamailio.cfg"
+        cfg.write_text(KAMAILIO_CFG.format(port=port, modules=KAMAILIO_MODULES, url=url))
+        run = tmp_path / "kamailio-run"
+        run.mkdir()
+        self.log = open(tmp_path / "kamailio.log", "wb")
+        # -w /: Kamailio resolves sqlite:///a/b as "a/b" from its working directory,
+        # which is / for a daemon, so sqlite:///abs/path means the same to both.
+        self.proc = subprocess.Popen([KAMAILIO, "-f", str(cfg), "-DD", "-E", "-Y", str(run), "-w", "/"],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.path = tmp_path / "kamailio.log"
+        self.port = port
+
+    def wait_ready(self, ua: UA, timeout: float = 10.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise AssertionError("kamailio exited:\n" + self.output())
+            try:
+                ua.request("OPTIONS", f"sip:ping@127.0.0.1:{self.port}", timeout=0.3)
+                return
+            except TimeoutError:
+                pass
+        raise AssertionError("kamailio did not start:\n" + self.output())
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except Exception:  # noqa: BLE001
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def test_kamailio_reads_what_presenced_wrote(tmp_path, servers, uas):
+    """Kamailio → presenced → Kamailio again: Kamailio 5.6 serves presenced's
+    publications and honours presenced's subscriptions and ETags."""
+    path = tmp_path / "kamailio.db"
+    url = kamailio_db(str(path))
+    from sipclient import free_port
+
+    port = free_port()
+    w = uas(port, "bob")
+    pres = aor(uid("alice"))
+    k = insert_like_kamailio(path, server_port=port, ua_port=w.port, pres=pres, now=int(time.time()))
+    srv = servers.start(url=url, port=port)
+    pub = uas(port, "alice")
+
+    pd = k["presence_dialog"]
+    r = pub.publish(pres, pidf(pres, "written-by-presenced"), etag=k["etag"], expires=600)
+    assert r.status == 200, r
+    etag = r.sip_etag
+    n = w.expect_notify(pd)
+    last_cseq = n.cseq.seq
+    # a subscription presenced itself created
+    r, mine = w.subscribe(pres, "presence", expires=600)
+    assert r.status == 200, r
+    mine_cseq = w.expect_notify(mine).cseq.seq
+    w.notifies(window=0.2)
+    assert srv.sigterm() == 0
+
+    kam = Kamailio(tmp_path, url, port)
+    try:
+        kam.wait_ready(pub)
+        # Kamailio honours presenced's ETag...
+        r = pub.publish(pres, etag=etag, expires=600)
+        assert r.status == 200, (r, kam.output())
+        w.notifies(window=0.3)
+        # ...and the subscriptions, Kamailio's own and presenced's, with their CSeqs.
+        for dlg, cseq in ((pd, last_cseq), (mine, mine_cseq)):
+            r, _ = w.subscribe(pres, "presence", expires=600, dialog=dlg)
+            assert r.status == 200, (r, kam.output())
+            n = w.expect_notify(dlg)
+            assert n.cseq.seq > cseq
+            assert b"written-by-presenced" in n.body
+    finally:
+        kam.stop()

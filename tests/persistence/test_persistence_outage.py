@@ -87,3 +87,4 @@ def test_server_keeps_answering_through_a_db_outage(outage, tmp_path, servers, u
         assert srv.alive()
     finally:
         proxy.close()
+        db.cleanup()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 from persist_support import UA, Dialog, aor, body_version, dialog_info, pidf, sub_state, uid
 
 DIALOG_CT = "application/dialog-info+xml"
@@ -122,8 +123,10 @@ def _rows(db, b: Before) -> tuple[int, int]:
     )
 
 
-def test_write_through_survives_kill9(database, servers, uas):
-    srv = servers.start("--set", "presence.subs_db_mode=1", "--set", "presence.publ_cache=1", *COMMON, db=database)
+@pytest.mark.parametrize("subs_db_mode,publ_cache", [(1, 1), (3, 0)], ids=["subs1-publ1", "subs3-publ0"])
+def test_write_through_survives_kill9(subs_db_mode, publ_cache, database, servers, uas):
+    srv = servers.start("--set", f"presence.subs_db_mode={subs_db_mode}", "--set", f"presence.publ_cache={publ_cache}",
+                        *COMMON, db=database)
     b = _setup(srv, uas)
     assert _rows(database, b) == (2, 2)  # committed before the replies left
     srv.kill9()

@@ -18,6 +18,7 @@ from presenced.storage import (
     PresentityRow,
     Store,
     StoreError,
+    SubscriberRow,
     SubscriptionExtRow,
     WatcherRow,
     XcapRow,
@@ -51,7 +52,7 @@ def backend_url(backend: str, tmp_path) -> str:
 
 def suffix_tables() -> dict[str, str]:
     s = uuid.uuid4().hex[:8]
-    return {k: f"{k}_{s}" for k in ("presentity", "active_watchers", "watchers", "xcap")}
+    return {k: f"{k}_{s}" for k in ("presentity", "active_watchers", "watchers", "xcap", "subscriber")}
 
 
 async def open_store(url: str, backend: str, *, tables: dict | None = None) -> Store:
@@ -164,3 +165,15 @@ def xcap(**kw) -> XcapRow:
     }
     base.update(kw)
     return XcapRow(**base)
+
+
+def subscriber(**kw) -> SubscriberRow:
+    base = {
+        "username": "alice",
+        "domain": "example.com",
+        "password": "secret",
+        "ha1": "0" * 32,
+        "ha1b": "1" * 32,
+    }
+    base.update(kw)
+    return SubscriberRow(**base)

@@ -26,7 +26,7 @@ from storage_support import (
 from presenced.storage import Batch, MemoryStore, Store, StoreError, redact_url, schema
 
 NOW = 1_800_000_000
-EXPECTED_VERSIONS = {"presentity": 5, "active_watchers": 12, "watchers": 3, "xcap": 4}
+EXPECTED_VERSIONS = {"presentity": 5, "active_watchers": 12, "watchers": 3, "xcap": 4, "subscriber": 7}
 
 
 # --- ensure_schema ------------------------------------------------------------------
@@ -43,7 +43,7 @@ async def test_ensure_schema_idempotent_with_versions(store, make_store):
         rows = await raw_fetch(store, "SELECT table_version FROM version WHERE table_name = ?", (store.names[key],))
         assert [int(r[0]) for r in rows] == [version], key
     assert await raw_fetch(store, "SELECT table_version FROM version WHERE table_name = 'version'") == [(1,)]
-    for key in ("presentity", "active_watchers", "watchers", "xcap", "ext"):
+    for key in ("presentity", "active_watchers", "watchers", "xcap", "subscriber", "ext"):
         assert await store._table_exists(store.names[key]), key
     # the tables work after the second ensure_schema
     await second.write(Batch(presentity_upserts=[pres()]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -99,6 +100,8 @@ class PresenceEngine:
         self.watchers: dict[tuple[str, str, str], tuple[str, str | None]] = {}
         self._composed: dict[tuple[str, str], VersionedBody | None] = {}
         self._key_cache: dict[str, str] = {}
+        self._fanout: deque[tuple[Subscription, EventPackage]] = deque()
+        self._fanout_pending: set[tuple] = set()
         self._pub_seq = 0
         # Set by the runtime when a store is configured; None = nothing to persist.
         self.journal: Journal | None = None
@@ -325,12 +328,36 @@ class PresenceEngine:
         subs = self.subs_by_presentity.get(key)
         if not subs:
             return
+        pending = self._fanout_pending
+        queue = self._fanout
         for sub in list(subs.values()):
             if sub.status != "active" or sub.reason is not None or sub.expires_at <= now:
                 continue
             if sender is not None and sub.remote_target == sender:
                 continue  # no echo to the publishing device
+            if sub.key in pending:
+                continue  # already queued: it will carry the newest state (coalesced)
+            pending.add(sub.key)
+            queue.append((sub, pkg))
+
+    @property
+    def fanout_backlog(self) -> int:
+        return len(self._fanout)
+
+    def drain_fanout(self, now: float, limit: int | None = None) -> int:
+        """Send queued state NOTIFYs, at most `limit` (the runtime yields between batches
+        so a presentity with thousands of watchers never blocks the loop)."""
+        queue = self._fanout
+        pending = self._fanout_pending
+        n = 0
+        while queue and (limit is None or n < limit):
+            sub, pkg = queue.popleft()
+            pending.discard(sub.key)
+            if self.subs_by_dialog.get(sub.key) is not sub or sub.status != "active" or sub.reason is not None:
+                continue
             self._safe_notify(sub, pkg, now)
+            n += 1
+        return n
 
     def _safe_notify(self, sub: Subscription, pkg: EventPackage, now: float) -> None:
         """One watcher's failure must never stop the NOTIFYs to the others."""

@@ -76,6 +76,8 @@ class SipCore:
             from presenced.auth import DigestAuthenticator
 
             self.digest = DigestAuthenticator(self.auth_realm or "presenced", _secrets.token_bytes(32))
+        # NOTIFYs sent per step; the rest waits for `drain_fanout` (None: no limit).
+        self.fanout_batch: int | None = None
         self.route: Callable[..., Any] | None = None
         self.stats: dict[str, int] = {"dropped": 0, "parse_errors": 0, "internal_errors": 0}
         self.requests_by_method: dict[str, int] = {}
@@ -140,6 +142,8 @@ class SipCore:
         self.engine._last_now = now
         try:
             self.timers.run_due(now)
+            if self.engine._fanout:
+                self.engine.drain_fanout(now, self.fanout_batch)
         except Exception:  # pragma: no cover - a bug must not stop the timer loop
             log.exception("timer callback failed")
             self.stats["internal_errors"] += 1
@@ -174,6 +178,8 @@ class SipCore:
         ctx = RequestContext(source, local[0], local[1])
         try:
             self._dispatch(msg, st, ctx, now)
+            if self.engine._fanout:
+                self.engine.drain_fanout(now, self.fanout_batch)
         except Exception:
             log.exception("internal error handling %s %s", msg.method, msg.get("call-id"))
             self.stats["internal_errors"] += 1

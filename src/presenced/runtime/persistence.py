@@ -11,6 +11,10 @@ Kamailio's modes, by their names:
 Write-through is group-committed: while one transaction is in flight, the
 changes of every request that arrives meanwhile accumulate and go in the next
 one, and the replies are released in arrival order after their commit.
+
+A database that fails or stops answering (WRITE_TIMEOUT) while the server runs
+does not stop it: write-through falls back to write-back until a retry (with
+exponential back-off) succeeds, and both the outage and the recovery are logged.
 """
 
 from __future__ import annotations
@@ -328,17 +332,18 @@ class Persistence:
         """Write the journal in one transaction; False if it failed (it will be retried)."""
         async with self._lock:
             j = self.engine.journal
-            if j is None or not j:
-                return True
-            taken = j.take()
-            if not self.persist_publications:
-                taken.pubs.clear()
-                taken.pub_deletes.clear()
-            if not self.persist_subscriptions:
-                taken.subs.clear()
-            batch = build_batch(taken, self.engine.wall_offset)
-            if batch.empty():
-                return True
+            taken = j.take() if j else None
+            if taken is not None:
+                if not self.persist_publications:
+                    taken.pubs.clear()
+                    taken.pub_deletes.clear()
+                if not self.persist_subscriptions:
+                    taken.subs.clear()
+            batch = build_batch(taken, self.engine.wall_offset) if taken is not None else None
+            if batch is None or batch.empty():
+                if not self.healthy:  # nothing to write: find out whether the outage is over
+                    await self._probe()
+                return self.healthy
             try:
                 await bounded(self.store.write(batch), self.write_timeout)
             except Exception as e:  # keep answering; retry these changes later
@@ -346,15 +351,29 @@ class Persistence:
                 self._merge_back(taken)
                 return False
             self.commits += 1
-            if not self.healthy:
-                down = time.monotonic() - (self.outage_since or time.monotonic())
-                log.warning("storage %s is reachable again after %.1f s; pending changes written",
-                            self.store.url, down)
-            self.healthy = True
-            self.last_error = None
-            self.consecutive_failures = 0
-            self.outage_since = None
+            self._succeeded()
             return True
+
+    async def _probe(self) -> None:
+        error: BaseException = ConnectionError("ping failed")
+        try:
+            ok = await bounded(self.store.ping(), self.write_timeout)
+        except Exception as e:
+            ok, error = False, e
+        if ok:
+            self._succeeded()
+        else:
+            self._failed(error)
+
+    def _succeeded(self) -> None:
+        if not self.healthy:
+            down = time.monotonic() - (self.outage_since or time.monotonic())
+            log.warning("storage %s is reachable again after %.1f s; pending changes written",
+                        self.store.url, down)
+        self.healthy = True
+        self.last_error = None
+        self.consecutive_failures = 0
+        self.outage_since = None
 
     def _failed(self, e: BaseException) -> None:
         self.failures += 1

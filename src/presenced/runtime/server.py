@@ -52,6 +52,8 @@ class Server:
     def __init__(self, cfg: Any = None, listen: list[str] | None = None, core: SipCore | None = None) -> None:
         self.cfg = cfg
         self.core = core or SipCore(cfg)
+        self.core.fanout_batch = 200  # then yield to the loop (see _flush)
+        self._draining = False
         self.listen_specs = [parse_listen(s) for s in (listen or ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060"])]
         self.udp: list[UdpListener] = []
         self.tcp = TcpRegistry(self._on_message)
@@ -62,6 +64,14 @@ class Server:
         self._tasks: set[asyncio.Task] = set()
         self.bound: list[tuple[str, str, int]] = []
         self.persistence: Any = None
+        # HTTP management API (JSON-RPC, /metrics, /health): built here so a bad
+        # http.listen/http.token combination fails before anything binds.
+        self.http: Any = None
+        http_listen = getattr(getattr(cfg, "http", None), "listen", "") or ""
+        if http_listen:
+            from presenced.api.http import HttpApi
+
+            self.http = HttpApi(self, http_listen, getattr(cfg.http, "token", "") or "")
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -85,6 +95,8 @@ class Server:
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
         log.info("listening on %s", ", ".join(f"{p}:{h}:{n}" for p, h, n in self.bound))
+        if self.http is not None:
+            await self.http.start()
 
     async def _open_store(self) -> None:
         url = getattr(getattr(self.cfg, "db", None), "url", "memory") if self.cfg is not None else "memory"
@@ -152,6 +164,8 @@ class Server:
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop listening, let in-flight NOTIFY transactions finish (bounded)."""
+        if self.http is not None:
+            await self.http.stop()
         for s in self.tcp.servers:
             s.close()
         deadline = self.loop.time() + grace if self.loop else 0
@@ -220,6 +234,17 @@ class Server:
         elif self.persistence is not None and self.persistence.needs_sync():
             self.persistence.hold([])
         self._arm_timer()
+        if self.core.engine._fanout and not self._draining:
+            self._draining = True
+            assert self.loop is not None
+            self.loop.call_soon(self._drain_fanout)
+
+    def _drain_fanout(self) -> None:
+        """Next batch of a large fan-out, after other ready callbacks had their turn."""
+        self._draining = False
+        assert self.loop is not None
+        self.core.engine.drain_fanout(self.loop.time(), self.core.fanout_batch)
+        self._flush()
 
     def _send_items(self, items: list) -> None:
         for data, dest, ct in items:

@@ -3,8 +3,8 @@
 `Store.from_url(url, tables=...)` picks a backend: SQLite (stdlib sqlite3 on a
 worker thread), PostgreSQL (asyncpg), MySQL/MariaDB (asyncmy) or memory. All
 of them read and write Kamailio 5.6's `presentity` (v5), `active_watchers`
-(v12), `watchers` (v3) and `xcap` (v4) tables, plus presenced's own
-`presenced_active_watchers_ext`.
+(v12), `watchers` (v3) and `xcap` (v4) tables and auth_db's `subscriber` (v7),
+plus presenced's own `presenced_active_watchers_ext`.
 """
 
 from presenced.storage.base import Store, StoreError, redact_url
@@ -13,6 +13,7 @@ from presenced.storage.rows import (
     ActiveWatcherRow,
     Batch,
     PresentityRow,
+    SubscriberRow,
     SubscriptionExtRow,
     WatcherRow,
     XcapRow,
@@ -25,6 +26,7 @@ __all__ = [
     "PresentityRow",
     "Store",
     "StoreError",
+    "SubscriberRow",
     "SubscriptionExtRow",
     "WatcherRow",
     "XcapRow",

@@ -10,6 +10,7 @@ from presenced.storage.rows import (
     ActiveWatcherRow,
     Batch,
     PresentityRow,
+    SubscriberRow,
     SubscriptionExtRow,
     WatcherRow,
     XcapRow,
@@ -66,8 +67,8 @@ class Store(abc.ABC):
         sqlite:///path (path as Kamailio reads it: everything after ``sqlite://``,
         so ``sqlite:///var/lib/x.db`` is absolute), sqlite:///:memory:,
         postgresql:// or postgres://user:pass@host:port/db, mysql://user:pass@host:port/db,
-        memory (or memory://). `tables` maps presentity/active_watchers/watchers/xcap
-        (and optionally ext/version) to table names.
+        memory (or memory://). `tables` maps presentity/active_watchers/watchers/xcap/
+        subscriber (and optionally ext/version) to table names.
         """
         scheme = url.split(":", 1)[0].lower() if ":" in url else url.lower()
         if scheme == "memory":
@@ -165,6 +166,24 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def delete_xcap(self, username: str, domain: str, doc_type: int) -> int: ...
+
+    # --- subscriber (auth_db) ---------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_subscriber(self, username: str, domain: str) -> SubscriberRow | None:
+        """The user's credentials (username and domain compared as stored)."""
+
+    @abc.abstractmethod
+    async def load_subscribers(self) -> list[SubscriberRow]:
+        """Every row, oldest first (the digest credential cache)."""
+
+    @abc.abstractmethod
+    async def put_subscriber(self, row: SubscriberRow) -> None:
+        """Insert, or replace password/ha1/ha1b of the row with the same username and domain."""
+
+    @abc.abstractmethod
+    async def delete_subscriber(self, username: str, domain: str) -> int:
+        """Delete the user's row; returns how many rows went (0 or 1)."""
 
     async def __aenter__(self) -> Self:
         await self.connect()

@@ -14,6 +14,7 @@ from presenced.storage.rows import (
     ActiveWatcherRow,
     Batch,
     PresentityRow,
+    SubscriberRow,
     SubscriptionExtRow,
     WatcherRow,
     XcapRow,
@@ -39,6 +40,7 @@ class MemoryStore(Store):
         self._ext: dict[AKey, SubscriptionExtRow] = {}
         self._auth: dict[PKey, WatcherRow] = {}
         self._xcap: dict[str, XcapRow] = {}  # by doc_uri (unique, as in the schema)
+        self._subscribers: dict[tuple[str, str], SubscriberRow] = {}  # by (username, domain)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -205,6 +207,26 @@ class MemoryStore(Store):
             del self._xcap[k]
         return len(keys)
 
+    # --- subscriber (auth_db) ---------------------------------------------------------
+
+    async def get_subscriber(self, username: str, domain: str) -> SubscriberRow | None:
+        self._check()
+        row = self._subscribers.get((username, domain))
+        return copy.copy(row) if row is not None else None
+
+    async def load_subscribers(self) -> list[SubscriberRow]:
+        self._check()
+        return [copy.copy(r) for r in self._subscribers.values()]
+
+    async def put_subscriber(self, row: SubscriberRow) -> None:
+        self._check()
+        # an update keeps the row's place (its id), as the SQL upsert does
+        self._subscribers[(row.username, row.domain)] = copy.copy(row)
+
+    async def delete_subscriber(self, username: str, domain: str) -> int:
+        self._check()
+        return 1 if self._subscribers.pop((username, domain), None) is not None else 0
+
     async def drop_tables(self) -> None:
         self._pres.clear()
         self._pres_by_account.clear()
@@ -214,3 +236,4 @@ class MemoryStore(Store):
         self._ext.clear()
         self._auth.clear()
         self._xcap.clear()
+        self._subscribers.clear()

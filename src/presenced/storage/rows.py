@@ -97,6 +97,26 @@ class XcapRow:
 
 
 @dataclass(slots=True)
+class SubscriberRow:
+    """`subscriber` (v7, Kamailio's auth_db): one user's digest credentials.
+
+    `ha1` is MD5(username:realm:password) and `ha1b` MD5(username@domain:realm:password),
+    computed by kamctl with realm = domain. `password` is the clear text, or ''
+    where only the hashes are kept.
+    """
+
+    username: str
+    domain: str
+    password: str = ""
+    ha1: str = ""
+    ha1b: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.username, self.domain)
+
+
+@dataclass(slots=True)
 class SubscriptionExtRow:
     """presenced's own per-subscription data (table `presenced_active_watchers_ext`).
 

@@ -1,7 +1,8 @@
 """The tables presenced shares with Kamailio, described once and rendered per dialect.
 
 Column names, types, defaults and key names follow Kamailio 5.6's schema
-(presentity v5, active_watchers v12, watchers v3, xcap v4, version). Portable
+(presentity v5, active_watchers v12, watchers v3, xcap v4, subscriber v7 from
+auth_db, version). Portable
 types: ``id`` (auto-increment primary key), ``varchar``, ``int``, ``uint``,
 ``text``, ``blob``, ``mediumblob``.
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass, fields
 from presenced.storage.rows import (
     ActiveWatcherRow,
     PresentityRow,
+    SubscriberRow,
     SubscriptionExtRow,
     WatcherRow,
     XcapRow,
@@ -176,6 +178,24 @@ XCAP = TableDef(
     row_type=XcapRow,
 )
 
+SUBSCRIBER = TableDef(
+    "subscriber",
+    7,
+    (
+        ID,
+        _c("username", "varchar", 64, default=""),
+        _c("domain", "varchar", 64, default=""),
+        _c("password", "varchar", 64, default=""),
+        _c("ha1", "varchar", 128, default=""),
+        _c("ha1b", "varchar", 128, default=""),
+    ),
+    (
+        Index("account_idx", ("username", "domain"), unique=True),
+        Index("username_idx", ("username",)),
+    ),
+    row_type=SubscriberRow,
+)
+
 EXT = TableDef(
     "ext",
     None,
@@ -200,11 +220,11 @@ VERSION = TableDef(
     (Index("table_name_idx", ("table_name",), unique=True),),
 )
 
-KAMAILIO_TABLES = (PRESENTITY, ACTIVE_WATCHERS, WATCHERS, XCAP)
+KAMAILIO_TABLES = (PRESENTITY, ACTIVE_WATCHERS, WATCHERS, XCAP, SUBSCRIBER)
 ALL_TABLES = {t.key: t for t in (*KAMAILIO_TABLES, EXT, VERSION)}
 
 # Row dataclass field order must be the column order.
-for _t in (PRESENTITY, ACTIVE_WATCHERS, WATCHERS, XCAP, EXT):
+for _t in (PRESENTITY, ACTIVE_WATCHERS, WATCHERS, XCAP, SUBSCRIBER, EXT):
     assert tuple(f.name for f in fields(_t.row_type)) == _t.data_columns, _t.key
 
 
@@ -217,11 +237,11 @@ def table_names(tables: dict | None) -> dict[str, str]:
     """Configured table names, keyed by logical name.
 
     Keys: presentity, active_watchers, watchers, xcap (Kamailio's *_table
-    parameters), plus presenced's optional ext (default
+    parameters), subscriber (auth_db's user_table), plus presenced's optional ext (default
     ``presenced_<active_watchers>_ext``) and version (Kamailio's core
     ``version_table``, default ``version``).
     """
-    names = {k: k for k in ("presentity", "active_watchers", "watchers", "xcap", "version")}
+    names = {k: k for k in ("presentity", "active_watchers", "watchers", "xcap", "subscriber", "version")}
     ext = None
     for key, value in (tables or {}).items():
         if key not in ALL_TABLES:
@@ -308,7 +328,8 @@ def create_table_sql(table: TableDef, name: str, dialect: str) -> list[str]:
 
 def drop_sql(names: dict[str, str]) -> list[str]:
     """DROP statements for every table presenced uses except `version` (tests, tools)."""
-    return [f"DROP TABLE IF EXISTS {names[k]}" for k in ("ext", "presentity", "active_watchers", "watchers", "xcap")]
+    keys = ("ext", "presentity", "active_watchers", "watchers", "xcap", "subscriber")
+    return [f"DROP TABLE IF EXISTS {names[k]}" for k in keys]
 
 
 # --- DML ----------------------------------------------------------------------------
@@ -343,6 +364,8 @@ class Queries:
         self.dialect = dialect
         self.names = names
         p, a, w, x, e, v = (names[k] for k in ("presentity", "active_watchers", "watchers", "xcap", "ext", "version"))
+        u = names["subscriber"]
+        U = ", ".join(SUBSCRIBER.data_columns)
         P = ", ".join(PRESENTITY.data_columns)
         A = ", ".join(f"a.{c}" for c in ACTIVE_WATCHERS.data_columns)
         W = ", ".join(WATCHERS.data_columns)
@@ -382,6 +405,11 @@ class Queries:
             "xcap_put": _upsert(dialect, x, XCAP.data_columns, ("doc_uri",)),
             "xcap_delete": f"DELETE FROM {x} WHERE username = ? AND domain = ? AND doc_type = ?",
             "xcap_all": f"SELECT {X} FROM {x} WHERE doc_type = ? ORDER BY id",
+            # subscriber (auth_db)
+            "subscriber_get": f"SELECT {U} FROM {u} WHERE username = ? AND domain = ? ORDER BY id LIMIT 1",
+            "subscriber_all": f"SELECT {U} FROM {u} ORDER BY id",
+            "subscriber_put": _upsert(dialect, u, SUBSCRIBER.data_columns, SUBSCRIBER.indexes[0].columns),
+            "subscriber_delete": f"DELETE FROM {u} WHERE username = ? AND domain = ?",
             # version
             "version_get": f"SELECT table_version FROM {v} WHERE table_name = ?",
             "version_insert": f"INSERT INTO {v} (table_name, table_version) VALUES (?, ?)",

@@ -20,6 +20,7 @@ from presenced.storage.rows import (
     ActiveWatcherRow,
     Batch,
     PresentityRow,
+    SubscriberRow,
     SubscriptionExtRow,
     WatcherRow,
     XcapRow,
@@ -110,10 +111,13 @@ class SqlStore(Store):
         self._dec_a = _decoder(schema.ACTIVE_WATCHERS, self._loose_types)
         self._dec_w = _decoder(schema.WATCHERS, self._loose_types)
         self._dec_x = _decoder(schema.XCAP, self._loose_types)
+        # loose everywhere: a hand-made or older subscriber table may hold NULLs
+        self._dec_u = _decoder(schema.SUBSCRIBER, True)
         self._p_args = attrgetter(*schema.PRESENTITY.data_columns)
         self._a_args = attrgetter(*schema.ACTIVE_WATCHERS.data_columns)
         self._w_args = attrgetter(*schema.WATCHERS.data_columns)
         self._x_args = attrgetter(*schema.XCAP.data_columns)
+        self._u_args = attrgetter(*schema.SUBSCRIBER.data_columns)
         self._e_args = attrgetter(*schema.EXT.data_columns)
 
     # --- primitives -------------------------------------------------------------------
@@ -322,6 +326,24 @@ class SqlStore(Store):
 
     async def delete_xcap(self, username: str, domain: str, doc_type: int) -> int:
         counts = await self._do("delete_xcap", self._run, [(self.q.xcap_delete, (username, domain, doc_type), False)])
+        return counts[0]
+
+    # --- subscriber (auth_db) ---------------------------------------------------------
+
+    async def get_subscriber(self, username: str, domain: str) -> SubscriberRow | None:
+        rows = await self._select("get_subscriber", self.q.subscriber_get, (username, domain))
+        return self._dec_u(rows[0]) if rows else None
+
+    async def load_subscribers(self) -> list[SubscriberRow]:
+        rows = await self._select("load_subscribers", self.q.subscriber_all)
+        return [self._dec_u(r) for r in rows]
+
+    async def put_subscriber(self, row: SubscriberRow) -> None:
+        await self._do("put_subscriber", self._run, [(self.q.subscriber_put, [self._u_args(row)], True)])
+
+    async def delete_subscriber(self, username: str, domain: str) -> int:
+        steps: list[Step] = [(self.q.subscriber_delete, (username, domain), False)]
+        counts = await self._do("delete_subscriber", self._run, steps)
         return counts[0]
 
     # --- tools ------------------------------------------------------------------------

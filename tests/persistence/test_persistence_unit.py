@@ -1,0 +1,142 @@
+"""Persistence's write/retry machinery in-process, against a store we can break at will."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from presenced.core.journal import Journal
+from presenced.runtime import persistence as pmod
+from presenced.runtime.persistence import Persistence
+
+
+class FlakyStore:
+    url = "postgresql://presence@db.example/kamailio"
+
+    def __init__(self) -> None:
+        self.mode = "ok"          # ok | fail | hang
+        self.batches: list = []
+        self.pings = 0
+
+    async def write(self, batch) -> None:
+        if self.mode == "fail":
+            raise OSError("connection refused")
+        if self.mode == "hang":
+            await asyncio.Event().wait()  # a partition: never answers, and ignores cancellation
+        self.batches.append(batch)
+
+    async def ping(self) -> bool:
+        self.pings += 1
+        return self.mode == "ok"
+
+    async def close(self) -> None:
+        pass
+
+
+class StubbornStore(FlakyStore):
+    """Its calls ignore cancellation until the connection is closed (a driver stuck in its cleanup)."""
+
+    closed = False
+
+    async def write(self, batch) -> None:
+        if self.mode == "hang":
+            while not self.closed:
+                try:
+                    await asyncio.sleep(0.05)
+                except asyncio.CancelledError:
+                    continue
+            raise OSError("connection closed")
+        await super().write(batch)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def make(store, subs_db_mode: int = 1):
+    engine = SimpleNamespace(journal=Journal(), wall_offset=0.0)
+    cfg = SimpleNamespace(presence=SimpleNamespace(subs_db_mode=subs_db_mode, publ_cache=1, db_update_period=100,
+                                                   clean_period=0))
+    sent: list = []
+    p = Persistence(store, engine, cfg, sent.extend)
+    p.write_timeout = 0.2
+    return p, engine, sent
+
+
+def change(engine, n: int) -> None:
+    engine.journal.auth_saved((f"sip:p{n}@example.com", "presence", f"sip:w{n}@example.com"), ("active", None))
+
+
+async def until(pred, timeout: float = 5.0) -> None:
+    end = asyncio.get_running_loop().time() + timeout
+    while not pred():
+        assert asyncio.get_running_loop().time() < end, "timed out"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch):
+    monkeypatch.setattr(pmod, "RETRY_MAX", 0.3)
+
+
+async def test_replies_wait_for_the_commit_when_healthy():
+    store = FlakyStore()
+    p, engine, sent = make(store)
+    change(engine, 1)
+    assert p.needs_sync()
+    p.hold(["reply-1"])
+    assert sent == []
+    await until(lambda: sent == ["reply-1"])
+    assert len(store.batches) == 1 and p.healthy
+
+
+@pytest.mark.parametrize("store_type,mode", [(FlakyStore, "fail"), (FlakyStore, "hang"), (StubbornStore, "hang")])
+async def test_outage_degrades_to_write_back_then_recovers(store_type, mode, caplog):
+    store = store_type()
+    p, engine, sent = make(store)
+    store.mode = mode
+    change(engine, 1)
+    p.hold(["reply-1"])
+    await until(lambda: sent == ["reply-1"], timeout=2)  # released after the failed (or timed-out) write
+    assert not p.healthy
+    assert "db.example" in caplog.text and "failed" in caplog.text
+
+    # During the outage nothing waits for the database.
+    change(engine, 2)
+    assert not p.needs_sync()
+    p.hold(["reply-2"])
+    assert sent == ["reply-1", "reply-2"]
+
+    store.mode = "ok"
+    await until(lambda: p.healthy, timeout=3)
+    written = {w.presentity_uri for b in store.batches for w in b.auth_upserts}
+    assert written == {"sip:p1@example.com", "sip:p2@example.com"}
+    assert "reachable again" in caplog.text
+    assert not engine.journal
+    await p.stop()
+
+
+async def test_recovery_is_noticed_even_with_nothing_left_to_write():
+    store = FlakyStore()
+    p, engine, sent = make(store)
+    store.mode = "fail"
+    change(engine, 1)
+    p.hold([])
+    await until(lambda: not p.healthy)
+    engine.journal.auth.clear()  # e.g. changes that are not persisted in this mode
+    store.mode = "ok"
+    await until(lambda: p.healthy, timeout=3)
+    assert store.pings >= 1
+    await p.stop()
+
+
+async def test_stop_does_not_hang_on_a_dead_database():
+    store = StubbornStore()
+    p, engine, sent = make(store)
+    store.mode = "hang"
+    change(engine, 1)
+    t0 = asyncio.get_running_loop().time()
+    await asyncio.wait_for(p.stop(), 5)
+    assert asyncio.get_running_loop().time() - t0 < 2
+    assert not p.healthy
