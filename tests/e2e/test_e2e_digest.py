@@ -1,0 +1,68 @@
+"""Digest authentication over real sockets, credentials from the subscriber table."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import pytest
+from e2e_support import Phone, cli, pidf
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "auth"))
+from digestref import authorization, parse_challenge  # noqa: E402
+
+URI = "sip:alice@127.0.0.1"
+
+
+@pytest.fixture
+def auth_server(spawn, tmp_path):
+    db = f"sqlite://{tmp_path}/auth.db"
+    r = cli("user", "add", "alice@127.0.0.1", "s3cret", "--db-url", db)
+    assert r.returncode == 0, r.stderr
+    return spawn("--db-url", db, "--set", "auth.require=PUBLISH,SUBSCRIBE")
+
+
+def _challenge(resp) -> dict[str, str]:
+    assert resp.status == 401
+    values = resp.get_all("www-authenticate")
+    assert values, "401 without WWW-Authenticate"
+    md5 = [v for v in values if "MD5" in v and "SHA" not in v] or values
+    return parse_challenge(md5[0])
+
+
+def test_publish_needs_credentials_and_accepts_correct_ones(auth_server):
+    phone = Phone(auth_server.port, user="alice")
+    body = pidf(URI)
+    chal = _challenge(phone.publish(URI, body))
+    good = authorization(chal, "alice", "s3cret", "PUBLISH", URI, alg="MD5")
+    resp = phone.publish(URI, body, extra=[("Authorization", good)], from_uri=URI)
+    assert resp.status == 200 and resp.get("sip-etag")
+    # the same nonce-count again is a replay
+    again = phone.publish(URI, body, extra=[("Authorization", good)], from_uri=URI)
+    assert again.status in (401, 403)
+
+
+def test_wrong_password_is_refused(auth_server):
+    phone = Phone(auth_server.port, user="alice")
+    chal = _challenge(phone.publish(URI, pidf(URI)))
+    bad = authorization(chal, "alice", "wrong", "PUBLISH", URI, alg="MD5")
+    assert phone.publish(URI, pidf(URI), extra=[("Authorization", bad)], from_uri=URI).status == 401
+
+
+def test_authenticated_user_cannot_publish_for_someone_else(auth_server):
+    phone = Phone(auth_server.port, user="alice")
+    other = "sip:bob@127.0.0.1"
+    chal = _challenge(phone.publish(other, pidf(other), from_uri=URI))
+    cred = authorization(chal, "alice", "s3cret", "PUBLISH", other, alg="MD5")
+    assert phone.publish(other, pidf(other), extra=[("Authorization", cred)], from_uri=URI).status == 403
+
+
+def test_options_needs_no_credentials(auth_server):
+    phone = Phone(auth_server.port, user="x")
+    assert phone.request("OPTIONS", "sip:127.0.0.1").status == 200
+
+
+def test_auth_without_database_is_a_startup_error(tmp_path):
+    r = cli("serve", "--listen", "udp:127.0.0.1:0", "--db-url", "memory", "--set", "auth.require=PUBLISH")
+    assert r.returncode == 2
+    assert "subscriber" in r.stderr
