@@ -105,3 +105,40 @@ def test_rules_cli_rejects_invalid_document(tmp_path):
     r = cli("rules", "put", "sip:alice@127.0.0.1", str(bad), "--db-url", f"sqlite://{tmp_path}/x.db")
     assert r.returncode == 2
     assert "invalid pres-rules" in r.stderr
+
+
+def test_owner_approves_pending_watcher_by_changing_rules(spawn, tmp_path):
+    """confirm → rules now allow carol → updateWatchers: carol active, winfo says approved."""
+    import socket
+
+    db = f"sqlite://{tmp_path}/approve.db"
+    first = tmp_path / "first.xml"
+    first.write_text(RULES)
+    assert cli("rules", "put", "sip:alice@127.0.0.1", str(first), "--db-url", db).returncode == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        http_port = s.getsockname()[1]
+    srv = spawn("--db-url", db, "--http", f"127.0.0.1:{http_port}")
+    owner = Phone(srv.port, user="alice")
+    assert owner.publish("sip:alice@127.0.0.1", pidf("sip:alice@127.0.0.1")).status == 200
+    _, wd = owner.subscribe("sip:alice@127.0.0.1", event="presence.winfo")
+    owner.expect_notify(wd)
+    carol = Phone(srv.port, user="carol")
+    _, cd = carol.subscribe("sip:alice@127.0.0.1")
+    assert sub_state(carol.expect_notify(cd)).split(";")[0] == "pending"
+    owner.expect_notify(wd)  # carol pending
+
+    second = tmp_path / "second.xml"
+    ask = '<cr:one id="sip:carol@127.0.0.1"/></cr:identity></cr:conditions>\n    <cr:actions><sub-handling>confirm</sub-handling>'
+    assert ask in RULES
+    second.write_text(RULES.replace(ask, ask.replace("confirm", "allow")))
+    assert cli("rules", "put", "sip:alice@127.0.0.1", str(second), "--db-url", db).returncode == 0
+    r = cli("rpc", "--url", f"http://127.0.0.1:{http_port}", "--json",
+            "presence.updateWatchers", "sip:alice@127.0.0.1", "presence")
+    assert r.returncode == 0, r.stderr
+    n = carol.expect_notify(cd, timeout=3)
+    assert sub_state(n).split(";")[0] == "active"
+    # carol's rule grants no provide-* transformation: RFC 5025 withholds the tuples
+    assert b"<presence" in n.body and b"<tuple" not in n.body
+    w = owner.expect_notify(wd, timeout=3)
+    assert b'status="active"' in w.body and b'event="approved"' in w.body
