@@ -55,11 +55,9 @@ def main() -> None:
 def serve(config_file, listen, db_url, sets, log_level, route_spec, http_listen) -> None:
     """Run the server in the foreground until SIGTERM/SIGINT."""
     cfg = _load(config_file, listen, db_url, sets, log_level, http_listen)
-    logging.basicConfig(
-        level=getattr(logging, str(cfg.log.level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from presenced.logsetup import setup_logging
+
+    setup_logging(str(cfg.log.level), str(getattr(cfg.log, "format", "console")))
     log = logging.getLogger("presenced")
     for w in cfg.warnings:
         log.warning("%s", w)
@@ -68,6 +66,7 @@ def serve(config_file, listen, db_url, sets, log_level, route_spec, http_listen)
     install_uvloop()
     try:
         server = Server(cfg, list(cfg.listen.addresses))
+        server.reload_config = lambda: _reload(config_file, listen, db_url, sets, log_level, http_listen)
         if route_spec:
             from presenced.api.presence import install_route, load_route
 
@@ -85,6 +84,22 @@ def serve(config_file, listen, db_url, sets, log_level, route_spec, http_listen)
     except KeyboardInterrupt:
         pass
     sys.exit(0)
+
+
+def _reload(config_file, listen, db_url, sets, log_level, http_listen):
+    """Like _load, but raises instead of exiting (a bad file must not stop a running server)."""
+    from presenced.config import load_config
+
+    overrides: dict[str, object] = {}
+    if listen:
+        overrides["listen.addresses"] = list(listen)
+    if db_url:
+        overrides["db.url"] = db_url
+    if log_level:
+        overrides["log.level"] = log_level.lower()
+    if http_listen:
+        overrides["http.listen"] = http_listen
+    return load_config(config_file, list(sets), overrides)
 
 
 def _redact_url(url: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from presenced import __version__
 from presenced.core.engine import PresenceEngine, Reply, RequestContext, new_tag
 from presenced.core.registrar import Registrar
+from presenced.logsetup import CALL_ID
 from presenced.events import default_registry
 from presenced.events.registry import EventRegistry
 from presenced.sip.errors import SipParseError
@@ -174,6 +175,7 @@ class SipCore:
         st = self.tx.receive_request(msg, source)
         if st is None:
             return
+        CALL_ID.set(msg.get("call-id"))
         self.requests_by_method[msg.method] = self.requests_by_method.get(msg.method, 0) + 1
         ctx = RequestContext(source, local[0], local[1])
         try:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import time
 import ipaddress
-import logging
 import signal
 from typing import Any
 
@@ -64,6 +64,7 @@ class Server:
         self._tasks: set[asyncio.Task] = set()
         self.bound: list[tuple[str, str, int]] = []
         self.persistence: Any = None
+        self.reload_config: Any = None  # set by the CLI: () -> Config
         # HTTP management API (JSON-RPC, /metrics, /health): built here so a bad
         # http.listen/http.token combination fails before anything binds.
         self.http: Any = None
@@ -194,9 +195,56 @@ class Server:
                 loop.add_signal_handler(sig, stop.set)
             except (NotImplementedError, RuntimeError):
                 pass
+        if self.reload_config is not None:
+            try:
+                loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+            except (NotImplementedError, RuntimeError):
+                pass
         await stop.wait()
         log.info("shutting down")
         await self.stop()
+
+    # Parameters SIGHUP can change in a running server (engine attribute names).
+    LIVE = {
+        "presence.min_expires": "min_expires", "presence.max_expires": "max_expires",
+        "presence.expires_offset": "expires_offset", "presence.min_expires_action": "min_expires_action",
+        "presence.subs_respond_200": "subs_respond_200", "presence.timeout_rm_subs": "timeout_rm_subs",
+        "presence.send_fast_notify": "send_fast_notify", "presence.retrieve_order": "retrieve_order",
+        "presence.force_delete": "force_delete",
+    }
+
+    def _on_sighup(self) -> None:
+        """Reload the configuration; apply what can change live, name what cannot."""
+        try:
+            new = self.reload_config()
+        except Exception as e:
+            log.error("SIGHUP: configuration not reloaded: %s", e)
+            return
+        old_d, new_d = self.cfg.as_dict(), new.as_dict()
+        applied, refused = [], []
+        for section, params in new_d.items():
+            for name, value in params.items():
+                if old_d.get(section, {}).get(name) == value:
+                    continue
+                key = f"{section}.{name}"
+                attr = self.LIVE.get(key)
+                if attr is not None:
+                    setattr(self.core.engine, attr, int(value))
+                    applied.append(key)
+                elif key == "log.level":
+                    logging.getLogger().setLevel(getattr(logging, str(value).upper(), logging.INFO))
+                    applied.append(key)
+                elif key == "presence_xml.no_rules_policy" and self.core.authorizer is not None:
+                    self.core.authorizer.no_rules_policy = str(value)
+                    applied.append(key)
+                else:
+                    refused.append(key)
+        eng = self.core.engine
+        eng.max_expires = eng.max_expires or 3600
+        eng.min_expires = min(eng.min_expires, eng.max_expires)
+        self.cfg = new
+        log.warning("SIGHUP: reloaded; applied: %s; need a restart: %s",
+                    ", ".join(applied) or "nothing", ", ".join(refused) or "nothing")
 
     async def _housekeeping_loop(self) -> None:
         while True:
