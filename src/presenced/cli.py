@@ -71,6 +71,12 @@ def serve(config_file, listen, db_url, sets, log_level, route_spec, http_listen)
             from presenced.api.presence import install_route, load_route
 
             install_route(server.core, load_route(route_spec))
+            # Kamailio's event_route[presence:notify-reply]: an optional
+            # `notify_reply(subscription, response)` next to the route function;
+            # returning True deletes the subscription.
+            hook = getattr(sys.modules.get(route_spec.partition(":")[0]), "notify_reply", None)
+            if callable(hook):
+                server.core.engine.notify_reply_hook = hook
     except ValueError as e:
         _fail(str(e))
     from presenced.storage.base import StoreError

@@ -17,6 +17,10 @@ def route(ctx):
         ctx.reply(404, "Not Found")
     else:
         ctx.default()
+
+
+def notify_reply(subscription, response):
+    return response is not None and response.status == 480
 '''
 
 
@@ -39,5 +43,25 @@ def test_route_hook_replies_and_sets_watcher_identity(tmp_path, monkeypatch):
         w.expect_notify(d)
         update = owner.expect_notify(wd)
         assert b"sip:real@127.0.0.1" in update.body and b"anonymous" not in update.body
+    finally:
+        srv.stop()
+
+
+def test_notify_reply_hook_can_delete_the_subscription(tmp_path, monkeypatch):
+    (tmp_path / "myroute2.py").write_text(HOOK)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    srv = Server("--route", "myroute2:route", "--set", "presence_xml.force_active=1").start()
+    try:
+        pub = Phone(srv.port, user="pub")
+        keep = Phone(srv.port, user="keep")
+        drop = Phone(srv.port, user="drop")
+        _, kd = keep.subscribe("sip:hk@127.0.0.1")
+        keep.expect_notify(kd)
+        drop.notify_code = 480  # the hook deletes this one
+        _, dd = drop.subscribe("sip:hk@127.0.0.1")
+        drop.expect_notify(dd)
+        assert pub.publish("sip:hk@127.0.0.1", pidf("sip:hk@127.0.0.1")).status == 200
+        keep.expect_notify(kd)
+        assert drop.no_notify(dd, window=0.8)
     finally:
         srv.stop()

@@ -21,6 +21,10 @@ P-Asserted-Identity, like Kamailio's `handle_subscribe("$ai")`)::
             ctx.reply(403, "Forbidden")
         else:
             ctx.default()
+
+    # optional, Kamailio's event_route[presence:notify-reply]:
+    def notify_reply(subscription, response):   # response is None on timeout
+        return response is not None and response.status == 480   # True: delete it
 """
 
 from __future__ import annotations
