@@ -21,19 +21,10 @@ def _fail(msg: str) -> None:
 
 
 def _load(config_file, listen, db_url, sets, log_level, http_listen=None):
-    from presenced.config import ConfigError, load_config
+    from presenced.config import ConfigError
 
-    overrides: dict[str, object] = {}
-    if listen:
-        overrides["listen.addresses"] = list(listen)
-    if db_url:
-        overrides["db.url"] = db_url
-    if log_level:
-        overrides["log.level"] = log_level.lower()
-    if http_listen:
-        overrides["http.listen"] = http_listen
     try:
-        return load_config(config_file, list(sets), overrides)
+        return _reload(config_file, listen, db_url, sets, log_level, http_listen)
     except ConfigError as e:
         _fail(str(e))
 
@@ -92,8 +83,8 @@ def serve(config_file, listen, db_url, sets, log_level, route_spec, http_listen)
     sys.exit(0)
 
 
-def _reload(config_file, listen, db_url, sets, log_level, http_listen):
-    """Like _load, but raises instead of exiting (a bad file must not stop a running server)."""
+def _reload(config_file, listen, db_url, sets, log_level, http_listen=None):
+    """Load the configuration; raises ConfigError (SIGHUP must not exit a running server)."""
     from presenced.config import load_config
 
     overrides: dict[str, object] = {}
