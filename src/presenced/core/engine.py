@@ -124,7 +124,7 @@ class PresenceEngine:
         if key is not None:
             return key
         key = self._presentity_key(uri_text)
-        if len(self._key_cache) > 65536:
+        if len(self._key_cache) > 32768:
             self._key_cache.clear()
         self._key_cache[uri_text] = key
         return key

@@ -208,7 +208,7 @@ def _opt_norm(s: str | None) -> str | None:
 
 
 _URI_CACHE: dict[str, SipURI] = {}
-_URI_CACHE_MAX = 65536
+_URI_CACHE_MAX = 32768
 
 
 def parse_uri(text: str) -> SipURI:
