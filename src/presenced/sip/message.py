@@ -30,7 +30,6 @@ MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 256 * 1024
 MAX_HEADERS = 200
 
-_TOKEN_EXTRA = set("-.!%*_+`'~")
 
 
 def is_digits(s: str) -> bool:

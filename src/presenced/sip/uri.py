@@ -17,9 +17,7 @@ _STRICT_PARAMS = ("user", "ttl", "method", "maddr", "transport")
 _HEX = frozenset("0123456789abcdefABCDEF")
 # RFC 3261 §25.1 `unreserved`: these are equivalent to their %HEX HEX form.
 _UNRESERVED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()")
-_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
-_IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")
-# Compiled forms of the character checks above: the hot path runs them per URI.
+# Host, IPv6 and control-character checks, compiled: the hot path runs them per URI.
 _HOST_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
 _IPV6_RE = re.compile(r"[0-9A-Fa-f:.]+\Z")
 _CTL_RE = re.compile(r"[\x00-\x20\x7f]")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from .xml import BodyError, VersionedBody, append_children, local_name, new_root, parse_xml
+from .xml import BodyError, VersionedBody, append_children, new_root, parse_document
 
 __all__ = [
     "NS_DIALOG_INFO",
@@ -21,7 +21,6 @@ __all__ = [
 
 NS_DIALOG_INFO = "urn:ietf:params:xml:ns:dialog-info"
 
-_ROOT = f"{{{NS_DIALOG_INFO}}}dialog-info"
 _DIALOG = f"{{{NS_DIALOG_INFO}}}dialog"
 _STATE = f"{{{NS_DIALOG_INFO}}}state"
 
@@ -45,12 +44,7 @@ def _dialog_state(dialog: etree._Element) -> str:
 
 
 def _parse_root(body: bytes) -> etree._Element:
-    root = parse_xml(body)
-    if root.tag != _ROOT:
-        if local_name(root.tag) == "dialog-info":
-            raise BodyError(f"dialog-info element not in namespace {NS_DIALOG_INFO}")
-        raise BodyError("root element is not dialog-info")
-    return root
+    return parse_document(body, NS_DIALOG_INFO, "dialog-info")
 
 
 def validate_dialoginfo(body: bytes) -> None:

@@ -19,7 +19,7 @@ from .xml import (
     escape_attr,
     local_name,
     new_root,
-    parse_xml,
+    parse_document,
     reindent,
 )
 
@@ -40,7 +40,6 @@ NS_PIDF = "urn:ietf:params:xml:ns:pidf"
 NS_DM = "urn:ietf:params:xml:ns:pidf:data-model"
 NS_RPID = "urn:ietf:params:xml:ns:pidf:rpid"
 
-_PRESENCE = f"{{{NS_PIDF}}}presence"
 _TUPLE = f"{{{NS_PIDF}}}tuple"
 _NOTE = f"{{{NS_PIDF}}}note"
 _STATUS = f"{{{NS_PIDF}}}status"
@@ -64,12 +63,7 @@ DUMMY_TUPLE_ID = "presenced-offline"
 
 
 def _parse_pidf(body: bytes) -> etree._Element:
-    root = parse_xml(body)
-    if root.tag != _PRESENCE:
-        if local_name(root.tag) == "presence":
-            raise BodyError(f"presence element not in namespace {NS_PIDF}")
-        raise BodyError("root element is not PIDF presence")
-    return root
+    return parse_document(body, NS_PIDF, "presence", "PIDF presence")
 
 
 def validate_pidf(body: bytes) -> None:

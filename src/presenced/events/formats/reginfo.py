@@ -14,9 +14,8 @@ from .xml import (
     append_children,
     escape_attr,
     escape_text,
-    local_name,
     new_root,
-    parse_xml,
+    parse_document,
 )
 
 __all__ = [
@@ -29,7 +28,6 @@ __all__ = [
 
 NS_REGINFO = "urn:ietf:params:xml:ns:reginfo"
 
-_ROOT = f"{{{NS_REGINFO}}}reginfo"
 _REGISTRATION = f"{{{NS_REGINFO}}}registration"
 _CONTACT = f"{{{NS_REGINFO}}}contact"
 _URI = f"{{{NS_REGINFO}}}uri"
@@ -61,12 +59,7 @@ def _unsigned(value: str | None) -> bool:
 
 
 def _parse_root(body: bytes) -> etree._Element:
-    root = parse_xml(body)
-    if root.tag != _ROOT:
-        if local_name(root.tag) == "reginfo":
-            raise BodyError(f"reginfo element not in namespace {NS_REGINFO}")
-        raise BodyError("root element is not reginfo")
-    return root
+    return parse_document(body, NS_REGINFO, "reginfo")
 
 
 def validate_reginfo(body: bytes) -> None:

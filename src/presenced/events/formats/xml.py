@@ -139,6 +139,16 @@ _TEXT_SPECIAL = re.compile("[&<>\r\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\
 _ATTR_SPECIAL = re.compile('[&<>"\t\n\r\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]')
 
 
+def parse_document(body: bytes, namespace: str, local: str, what: str | None = None) -> etree._Element:
+    """parse_xml plus the root check every format makes: right element, right namespace."""
+    root = parse_xml(body)
+    if root.tag != f"{{{namespace}}}{local}":
+        if local_name(root.tag) == local:
+            raise BodyError(f"{local} element not in namespace {namespace}")
+        raise BodyError(f"root element is not {what or local}")
+    return root
+
+
 def escape_text(value: str) -> str:
     """Escape character data; characters XML 1.0 cannot carry become U+FFFD."""
     if not _TEXT_SPECIAL.search(value):
