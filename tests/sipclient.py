@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from presenced.sip import Request, Response, StreamFramer, parse_message
+from presenced.sip import Request, Response, StreamFramer, build_response, parse_message
 
 
 def free_port() -> int:
@@ -97,6 +97,9 @@ class SipClient:
         self.user = user
         self.pending: list[Request | Response] = []
         self.notify_code = 200
+        self.auto_answer = False
+        self.answered: dict[str, bytes] = {}
+        self.notify_retransmissions = 0
         if transport == "udp":
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self.sock.bind(("127.0.0.1", 0))
@@ -155,10 +158,28 @@ class SipClient:
                 raise TimeoutError("no matching SIP message")
             for raw in self._read(left):
                 self.received_raw.append(raw)
-                self.pending.append(parse_message(raw, stream=self.transport != "udp"))
+                msg = parse_message(raw, stream=self.transport != "udp")
+                if self._keep(msg):
+                    self.pending.append(msg)
             for i, m in enumerate(self.pending):
                 if want is None or want(m):
                     return self.pending.pop(i)
+
+    def _keep(self, msg: Request | Response) -> bool:
+        """With `auto_answer`, answer each NOTIFY as it arrives (`notify_code`) and
+        re-send that answer to its retransmissions, which are then dropped."""
+        if not self.auto_answer or not isinstance(msg, Request) or msg.method != "NOTIFY":
+            return True
+        branch = msg.top_via.branch or ""
+        if branch in self.answered:
+            self.notify_retransmissions += 1
+            self.send_raw(self.answered[branch])
+            return False
+        code = self.notify_code
+        data = build_response(msg, code, "OK" if code == 200 else "Nope", to_tag=None)
+        self.answered[branch] = data
+        self.send_raw(data)
+        return True
 
     def no_message(self, timeout: float = 0.5, want=None) -> bool:
         try:

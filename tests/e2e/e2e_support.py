@@ -20,7 +20,7 @@ import time
 
 from sipclient import Dialog, ServerProcess, SipClient  # noqa: F401  (re-exported)
 
-from presenced.sip import Request, Response, build_response, parse_message
+from presenced.sip import Request, Response
 
 HOST = "127.0.0.1"
 
@@ -86,35 +86,7 @@ def cli(*args: str, timeout: float = 15.0) -> subprocess.CompletedProcess:
 class Phone(SipClient):
     def __init__(self, server_port: int, transport: str = "udp", user: str | None = None) -> None:
         super().__init__(server_port, transport, user=user or uid("w"))
-        self.answered: dict[str, bytes] = {}
-        self.notify_retransmissions = 0
-
-    def recv(self, timeout: float = 2.0, want=None):
-        for i, m in enumerate(self.pending):
-            if want is None or want(m):
-                return self.pending.pop(i)
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("no matching SIP message")
-            for raw in self._read(left):
-                self.received_raw.append(raw)
-                msg = parse_message(raw, stream=self.transport != "udp")
-                if isinstance(msg, Request) and msg.method == "NOTIFY":
-                    branch = msg.top_via.branch or ""
-                    if branch in self.answered:
-                        self.notify_retransmissions += 1
-                        self.send_raw(self.answered[branch])
-                        continue
-                    code = self.notify_code
-                    data = build_response(msg, code, "OK" if code == 200 else "Nope", to_tag=None)
-                    self.answered[branch] = data
-                    self.send_raw(data)
-                self.pending.append(msg)
-            for i, m in enumerate(self.pending):
-                if want is None or want(m):
-                    return self.pending.pop(i)
+        self.auto_answer = True
 
     def expect_notify(self, dialog: Dialog | None = None, timeout: float = 2.0, code: int | None = None) -> Request:
         assert code is None, "set phone.notify_code before the NOTIFY arrives"

@@ -17,7 +17,7 @@ import time
 from sipclient import Dialog, SipClient, free_port  # noqa: F401  (re-exported)
 from storage_support import backend_url, open_store, suffix_tables
 
-from presenced.sip import Request, build_response, parse_message
+from presenced.sip import Request
 from presenced.storage import Store, schema
 
 HOST = "127.0.0.1"
@@ -171,32 +171,7 @@ class UA(SipClient):
 
     def __init__(self, server_port: int, user: str | None = None) -> None:
         super().__init__(server_port, "udp", user=user or uid("ua"))
-        self.answered: dict[str, bytes] = {}
-
-    def recv(self, timeout: float = 2.0, want=None):
-        for i, m in enumerate(self.pending):
-            if want is None or want(m):
-                return self.pending.pop(i)
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("no matching SIP message")
-            for raw in self._read(left):
-                self.received_raw.append(raw)
-                msg = parse_message(raw)
-                if isinstance(msg, Request) and msg.method == "NOTIFY":
-                    branch = msg.top_via.branch or ""
-                    if branch in self.answered:
-                        self.send_raw(self.answered[branch])
-                        continue
-                    data = build_response(msg, 200, "OK", to_tag=None)
-                    self.answered[branch] = data
-                    self.send_raw(data)
-                self.pending.append(msg)
-            for i, m in enumerate(self.pending):
-                if want is None or want(m):
-                    return self.pending.pop(i)
+        self.auto_answer = True
 
     def expect_notify(self, dialog: Dialog | None = None, timeout: float = 3.0, code: int | None = None) -> Request:
         def match(m):
