@@ -276,3 +276,15 @@ async def test_concurrent_writes_one_store(store):
     assert sorted(r.etag for r in loaded) == sorted(f"e{n}.4" for n in range(20))
     subs = await store.load_active_watchers(NOW)
     assert len(subs) == 20 and all(w.local_cseq == 4 and e is not None for w, e in subs)
+
+
+async def test_markers_survive_reconnect_and_the_cleaner(store, make_store):
+    assert await store.get_marker("writeback-clean-stop") is None
+    await store.set_marker("writeback-clean-stop", "0")
+    await store.set_marker("writeback-clean-stop", "1")
+    await store.delete_expired(2**31 - 1)  # the sweep must not take presenced's markers
+    if store.url != "memory":
+        other = await make_store()
+        assert await other.get_marker("writeback-clean-stop") == "1"
+    assert await store.get_marker("writeback-clean-stop") == "1"
+    assert await store.load_active_watchers(0) == []  # a marker is not a subscription

@@ -113,6 +113,9 @@ class PresenceEngine:
         # hooks
         self.authorize: Callable[[str, str, str, Subscription], tuple[str, str | None]] | None = None
         self.notify_reply_hook: Callable[[Subscription, Response | None], bool] | None = None
+        # DB-only modes (runtime/shared.py): asked before a record expires; False
+        # means "not yet": the runtime checks the database and calls back.
+        self.expiry_guard: Callable[[Publication | Subscription], bool] | None = None
         self.stats: dict[str, int] = {
             "notify_sent": 0, "notify_failed": 0, "notify_timeout": 0,
             "publications_expired": 0, "subscriptions_expired": 0,
@@ -267,6 +270,8 @@ class PresenceEngine:
 
     def _publication_expired(self, now: float, pub: Publication) -> None:
         if self.etags.get(pub.etag) is not pub:
+            return
+        if self.expiry_guard is not None and not self.expiry_guard(pub):
             return
         self.stats["publications_expired"] += 1
         key = (pub.pres_uri, pub.event)
@@ -540,19 +545,19 @@ class PresenceEngine:
             self.journal.auth_saved(wkey, decision)
 
     def _add_subscription(self, sub: Subscription) -> None:
-        self.subs_by_dialog[sub.key] = sub
-        self.subs_by_presentity.setdefault((sub.pres_uri, sub.event), {})[sub.key] = sub
-        self._arm_subscription(sub)
+        self.adopt_subscription(sub)
+        if self.journal is not None:
+            self.journal.sub_saved(sub)
 
     def _arm_subscription(self, sub: Subscription) -> None:
         if self.journal is not None:
             self.journal.sub_saved(sub)
-        if sub.timer is not None:
-            sub.timer.cancel()
-        sub.timer = self.timers.schedule(sub.expires_at, self._subscription_expired, sub)
+        self.rearm_subscription(sub)
 
     def _subscription_expired(self, now: float, sub: Subscription) -> None:
         if self.subs_by_dialog.get(sub.key) is not sub:
+            return
+        if self.expiry_guard is not None and not self.expiry_guard(sub):
             return
         self.stats["subscriptions_expired"] += 1
         self._remove_subscription(sub)
@@ -576,6 +581,48 @@ class PresenceEngine:
         if sub.timer is not None:
             sub.timer.cancel()
             sub.timer = None
+
+    # ------------------------------------------- records loaded from storage
+    # Start-up restore and DB-only reloads: state the database already holds,
+    # so nothing here is journaled and no NOTIFY is sent.
+    def adopt_publication(self, pub: Publication) -> None:
+        self._pub_seq += 1
+        pub.seq = self._pub_seq
+        self.publications.setdefault((pub.pres_uri, pub.event), {})[pub.etag] = pub
+        self.etags[pub.etag] = pub
+        self._composed.pop((pub.pres_uri, pub.event), None)
+        self._arm_publication(pub)
+
+    def forget_publication(self, pub: Publication) -> None:
+        if self.etags.get(pub.etag) is pub:
+            del self.etags[pub.etag]
+        key = (pub.pres_uri, pub.event)
+        group = self.publications.get(key)
+        if group is not None and group.get(pub.etag) is pub:
+            del group[pub.etag]
+            if not group:
+                del self.publications[key]
+        if pub.timer is not None:
+            pub.timer.cancel()
+            pub.timer = None
+        self._composed.pop(key, None)
+
+    def adopt_subscription(self, sub: Subscription) -> None:
+        self.subs_by_dialog[sub.key] = sub
+        self.subs_by_presentity.setdefault((sub.pres_uri, sub.event), {})[sub.key] = sub
+        self.rearm_subscription(sub)
+
+    def rearm_subscription(self, sub: Subscription) -> None:
+        if sub.timer is not None:
+            sub.timer.cancel()
+        sub.timer = self.timers.schedule(sub.expires_at, self._subscription_expired, sub)
+
+    def forget_subscription(self, sub: Subscription) -> None:
+        journal, self.journal = self.journal, None
+        try:
+            self._remove_subscription(sub)
+        finally:
+            self.journal = journal
 
     # ---------------------------------------------------------------- NOTIFY
     def _state_header(self, sub: Subscription, now: float) -> str:

@@ -5,8 +5,9 @@ Kamailio's modes, by their names:
   is answered (write-through); 2: publications stay in memory only.
 - `subs_db_mode` 0: subscriptions in memory only; 1: write-through (the
   reply and the NOTIFYs leave only after the commit); 2: write-back, flushed
-  every `db_update_period` and on a graceful stop; 3: DB only — here the same
-  durability as 1 (see docs/storage.md for what is and is not shared).
+  every `db_update_period` and on a graceful stop; 3: DB only — written as
+  in 1, and reloaded before every request by runtime/shared.py so several
+  processes can share the database.
 
 Write-through is group-committed: while one transaction is in flight, the
 changes of every request that arrives meanwhile accumulate and go in the next
@@ -126,41 +127,40 @@ def build_batch(j: Journal, wall: float) -> Batch:
 # ---------------------------------------------------------------- from rows
 def restore(engine: PresenceEngine, pubs: list[PresentityRow], subs: list, watchers: list[WatcherRow], now: float, *, bump: int = 0) -> tuple[int, int]:
     """Load stored state into the engine (no NOTIFYs); returns (publications, subscriptions)."""
-    wall = engine.wall_offset
     n_pub = 0
     for r in pubs:
-        pkg = engine.registry.get(r.event)
-        if pkg is None:
-            continue
-        exp = (r.expires - wall) if r.expires > 0 else now + 10 * 365 * 86400
-        if exp <= now:
-            continue
-        aor = join_aor(r.username, r.domain)
-        key = (aor, pkg.key)
-        engine._pub_seq += 1
-        pub = Publication(
-            etag=r.etag, pres_uri=aor, entity=aor, event=pkg.key, body=bytes(r.body),
-            content_type=pkg.content_types[0] if pkg.content_types else "", expires_at=exp,
-            received=r.received_time - wall, seq=engine._pub_seq, sender=r.sender or None, priority=r.priority,
-        )
-        engine.publications.setdefault(key, {})[pub.etag] = pub
-        engine.etags[pub.etag] = pub
-        pub.timer = engine.timers.schedule(pub.expires_at, engine._publication_expired, pub)
-        n_pub += 1
+        pub = publication_from_row(engine, r, now)
+        if pub is not None:
+            engine.adopt_publication(pub)
+            n_pub += 1
     n_sub = 0
     for row, ext in subs:
         sub = _subscription_from_row(engine, row, ext, now, bump)
-        if sub is None:
-            continue
-        engine.subs_by_dialog[sub.key] = sub
-        engine.subs_by_presentity.setdefault((sub.pres_uri, sub.event), {})[sub.key] = sub
-        sub.timer = engine.timers.schedule(sub.expires_at, engine._subscription_expired, sub)
-        n_sub += 1
+        if sub is not None:
+            engine.adopt_subscription(sub)
+            n_sub += 1
     for w in watchers:
         engine.watchers[(w.presentity_uri, w.event, join_aor(w.watcher_username, w.watcher_domain))] = (
             CODE_STATUS.get(w.status, "pending"), w.reason or None,
         )
     return n_pub, n_sub
+
+
+def publication_from_row(engine: PresenceEngine, r: PresentityRow, now: float) -> Publication | None:
+    """The publication a presentity row holds, or None if expired or of an unknown event."""
+    pkg = engine.registry.get(r.event)
+    if pkg is None:
+        return None
+    wall = engine.wall_offset
+    exp = (r.expires - wall) if r.expires > 0 else now + 10 * 365 * 86400
+    if exp <= now:
+        return None
+    aor = join_aor(r.username, r.domain)
+    return Publication(
+        etag=r.etag, pres_uri=aor, entity=aor, event=pkg.key, body=bytes(r.body),
+        content_type=pkg.content_types[0] if pkg.content_types else "", expires_at=exp,
+        received=r.received_time - wall, seq=0, sender=r.sender or None, priority=r.priority,
+    )
 
 
 def _subscription_from_row(engine: PresenceEngine, r: ActiveWatcherRow, ext: SubscriptionExtRow | None, now: float, bump: int) -> Subscription | None:
@@ -210,7 +210,8 @@ def _subscription_from_row(engine: PresenceEngine, r: ActiveWatcherRow, ext: Sub
 
 WRITE_TIMEOUT = 3.0      # seconds a transaction may take before it counts as failed (retried later)
 CLEAN_TIMEOUT = 30.0     # the expired-rows sweep
-RETRY_MAX = 30.0         # longest back-off between retries while the database is unreachable
+RETRY_MAX = 30.0
+CLEAN_STOP = "writeback-clean-stop"  # marker: "1" after a stop that flushed everything         # longest back-off between retries while the database is unreachable
 
 
 def _forget(task: asyncio.Future) -> None:
@@ -264,6 +265,7 @@ class Persistence:
         self.outage_since: float | None = None
         self.commits = 0
         self._stopping = False
+        self.bump = 0                   # CSeq/version skip applied at start (write-back after a crash)
 
     @property
     def persist_publications(self) -> bool:
@@ -283,7 +285,12 @@ class Persistence:
         watchers = await self.store.load_watchers()
         # After a crash in write-back mode up to one db_update_period of CSeq and
         # version updates may be missing: jump past them so they keep increasing.
-        bump = 100 if self.subs_db_mode == 2 else 0
+        # A clean stop flushed everything and says so; then nothing is skipped.
+        bump = 0
+        if self.subs_db_mode == 2:
+            bump = 0 if await self.store.get_marker(CLEAN_STOP) == "1" else 100
+            await self.store.set_marker(CLEAN_STOP, "0")
+        self.bump = bump
         counts = restore(self.engine, pubs, subs, watchers, now, bump=bump)
         self.engine.journal = Journal()
         loop = asyncio.get_running_loop()
@@ -436,6 +443,12 @@ class Persistence:
             if not await self.flush():
                 log.error("storage %s: changes since %s could not be written before stopping",
                           self.store.url, "the outage began" if self.outage_since else "the last commit")
+            elif self.subs_db_mode == 2:
+                try:
+                    await bounded(self.store.set_marker(CLEAN_STOP, "1"), self.write_timeout)
+                except Exception as e:
+                    log.warning("storage %s: could not record the clean stop (%s); the next start "
+                                "will skip 100 CSeqs", self.store.url, str(e) or type(e).__name__)
         finally:
             if self._retry_handle is not None:
                 self._retry_handle.cancel()

@@ -16,6 +16,7 @@ import signal
 from typing import Any
 
 from presenced.core.server import SipCore
+from presenced.runtime.shared import needs_sync
 from presenced.sip.errors import SipParseError
 from presenced.transaction.layer import Address, ClientTransaction
 from presenced.transport.tcp import TcpConnection, TcpRegistry
@@ -64,6 +65,8 @@ class Server:
         self._tasks: set[asyncio.Task] = set()
         self.bound: list[tuple[str, str, int]] = []
         self.persistence: Any = None
+        self.shared: Any = None  # runtime/shared.py, in the DB-only modes
+        self._sync_queue: asyncio.Queue | None = None
         self.reload_config: Any = None  # set by the CLI: () -> Config
         # HTTP management API (JSON-RPC, /metrics, /health): built here so a bad
         # http.listen/http.token combination fails before anything binds.
@@ -119,6 +122,13 @@ class Server:
         self.persistence = Persistence(store, self.core.engine, self.cfg, self._send_items)
         assert self.loop is not None
         n_pub, n_sub = await self.persistence.start(self.loop.time())
+        if p.subs_db_mode == 3 or p.publ_cache == 0:
+            from presenced.runtime.shared import SharedState
+
+            self.shared = SharedState(self.core.engine, store, pubs=p.publ_cache == 0, subs=p.subs_db_mode == 3)
+            self.shared.on_confirmed = self._flush
+            self._sync_queue = asyncio.Queue()
+            self._tasks.add(self.loop.create_task(self._sync_worker()))
         await self.load_rules()
         if self.core.auth_methods:
             await self.load_credentials()
@@ -254,8 +264,49 @@ class Server:
     # -------------------------------------------------------------- receive
     def _on_message(self, data: bytes, source: Address, local: tuple[str, int]) -> None:
         assert self.loop is not None
+        if self._sync_queue is not None and needs_sync(data):
+            self._sync_queue.put_nowait((data, source, local))
+            return
         self.core.receive(data, source, local, self.loop.time(), stream=source.transport != "udp")
         self._flush()
+
+    async def _sync_worker(self) -> None:
+        """DB-only modes: one request at a time, each after the previous one's
+        commit, each on state freshly read from the database."""
+        assert self._sync_queue is not None and self.loop is not None and self.shared is not None
+        from presenced.runtime.persistence import bounded
+        from presenced.runtime.shared import LOAD_TIMEOUT
+
+        while True:
+            data, source, local = await self._sync_queue.get()
+            try:
+                await self._settled()
+                self.core.engine._last_now = self.loop.time()
+                try:
+                    await bounded(self.shared.prepare(data, source.transport != "udp"), LOAD_TIMEOUT)
+                except Exception as e:  # store down: answer from what memory holds
+                    self.shared.load_errors += 1
+                    log.warning("reloading state from %s failed (%s); answering from memory",
+                                self.persistence.store.url, str(e) or type(e).__name__)
+                self.core.receive(data, source, local, self.loop.time(), stream=source.transport != "udp")
+                self._flush()
+            except Exception:
+                log.exception("DB-only request handling failed")
+
+    async def _settled(self) -> None:
+        """Wait until this process's own changes are in the database."""
+        p = self.persistence
+        while True:
+            if p._writer is not None and not p._writer.done():
+                await asyncio.wait({p._writer})
+            elif self.core.engine._fanout:
+                await asyncio.sleep(0)  # the drain runs from call_soon
+            elif p.held or p.needs_sync():
+                p.hold([])  # starts the writer (or, during an outage, lets go)
+                if not p.healthy:
+                    return
+            else:
+                return
 
     def _on_stream_error(self, data: bytes, err: SipParseError, source: Address) -> None:
         self.core._reject_unparsable(data, err, source)

@@ -185,6 +185,14 @@ class Store(abc.ABC):
     async def delete_subscriber(self, username: str, domain: str) -> int:
         """Delete the user's row; returns how many rows went (0 or 1)."""
 
+    # --- markers (presenced's own small state, e.g. "the last stop was clean") --------
+
+    @abc.abstractmethod
+    async def get_marker(self, name: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def set_marker(self, name: str, value: str) -> None: ...
+
     async def __aenter__(self) -> Self:
         await self.connect()
         return self

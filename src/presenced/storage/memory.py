@@ -38,6 +38,7 @@ class MemoryStore(Store):
         self._aw: dict[AKey, ActiveWatcherRow] = {}
         self._aw_by_pres: dict[tuple[str, str], dict[AKey, None]] = {}
         self._ext: dict[AKey, SubscriptionExtRow] = {}
+        self._markers: dict[str, str] = {}
         self._auth: dict[PKey, WatcherRow] = {}
         self._xcap: dict[str, XcapRow] = {}  # by doc_uri (unique, as in the schema)
         self._subscribers: dict[tuple[str, str], SubscriberRow] = {}  # by (username, domain)
@@ -227,7 +228,16 @@ class MemoryStore(Store):
         self._check()
         return 1 if self._subscribers.pop((username, domain), None) is not None else 0
 
+    async def get_marker(self, name: str) -> str | None:
+        self._check()
+        return self._markers.get(name)
+
+    async def set_marker(self, name: str, value: str) -> None:
+        self._check()
+        self._markers[name] = value
+
     async def drop_tables(self) -> None:
+        self._markers.clear()
         self._pres.clear()
         self._pres_by_account.clear()
         self._pres_by_etag.clear()

@@ -393,6 +393,8 @@ class Queries:
             "watcher_expire": f"DELETE FROM {a} WHERE expires < ?",
             "ext_upsert": _upsert(dialect, e, EXT.data_columns, EXT.primary_key),
             "ext_delete": f"DELETE FROM {e} WHERE {aw_key}",
+            # presenced's own markers: ext rows with empty tags, never matched by a dialog
+            "marker_get": f"SELECT data FROM {e} WHERE callid = ? AND to_tag = '' AND from_tag = ''",
             "ext_expire": f"DELETE FROM {e} WHERE EXISTS (SELECT 1 FROM {a} a WHERE a.callid = {e}.callid"
             f" AND a.to_tag = {e}.to_tag AND a.from_tag = {e}.from_tag AND a.expires < ?)",
             # watchers (authorisation)

@@ -346,6 +346,16 @@ class SqlStore(Store):
         counts = await self._do("delete_subscriber", self._run, steps)
         return counts[0]
 
+    # --- markers ----------------------------------------------------------------------
+
+    async def get_marker(self, name: str) -> str | None:
+        rows = await self._select("get_marker", self.q.marker_get, ("presenced:" + name,))
+        return str(rows[0][0]) if rows else None
+
+    async def set_marker(self, name: str, value: str) -> None:
+        row = SubscriptionExtRow("presenced:" + name, "", "", value)
+        await self._do("set_marker", self._run, [(self.q.ext_upsert, self._e_args(row), False)])
+
     # --- tools ------------------------------------------------------------------------
 
     async def drop_tables(self) -> None:
