@@ -412,8 +412,8 @@ class PresenceSection(_Section):
     send_fast_notify: int = _bool(
         1, "1: send the initial NOTIFY right after accepting a SUBSCRIBE; 0 skips it only "
            "for events without a .winfo peer.")
-    fetch_rows: int = _int(500, "Rows per batch in large database scans (cleaners, start-up "
-                                "restore).", min=1)
+    fetch_rows: int = _int(500, "Rows per page when the start-up restore reads presentity and "
+                                "active_watchers.", min=1)
     db_table_lock_type: int = _int(
         1, "1: write-lock tables inside DB-only transactions; other values: no locking.",
         na="presenced relies on its database driver's transactions and takes no table locks")
@@ -985,6 +985,10 @@ def _cross_check(cfg: Config) -> None:
     if pr.clean_period == 0:
         w.append(f"{_ref(cfg, 'presence.clean_period')}: expired publications will never "
                  f"be removed")
+    if pr.startup_mode == 0:
+        w.append(f"{_ref(cfg, 'presence.startup_mode')}: presenced always behaves as with 1 "
+                 f"(every publication has its own expiry timer, so an expired one is never "
+                 f"served, at start-up or later)")
     if pr.expires_offset and pr.expires_offset >= pr.max_expires:
         w.append(f"{_ref(cfg, 'presence.expires_offset')} is not below "
                  f"{_ref(cfg, 'presence.max_expires')}: PUBLISH replies would carry "

@@ -251,6 +251,7 @@ class Persistence:
         self.publ_cache = int(p.publ_cache)
         self.db_update_period = max(1, int(p.db_update_period) or 100)
         self.clean_period = int(p.clean_period)
+        self.fetch_rows = max(1, int(getattr(p, "fetch_rows", 500)))
         self.send = send
         self.held: list = []            # outbox items waiting for their commit
         self._writer: asyncio.Task | None = None
@@ -280,9 +281,12 @@ class Persistence:
         await self.store.ensure_schema()
         self.engine.wall_offset = time.time() - now
         wall_now = int(time.time())
-        pubs = await self.store.load_presentities(wall_now) if self.persist_publications else []
-        subs = await self.store.load_active_watchers(wall_now) if self.persist_subscriptions else []
         watchers = await self.store.load_watchers()
+        restore(self.engine, [], [], watchers, now)
+        n_pub = n_sub = 0
+        if self.persist_publications:
+            async for page in self.store.page_presentities(wall_now, self.fetch_rows):
+                n_pub += restore(self.engine, page, [], [], now)[0]
         # After a crash in write-back mode up to one db_update_period of CSeq and
         # version updates may be missing: jump past them so they keep increasing.
         # A clean stop flushed everything and says so; then nothing is skipped.
@@ -291,7 +295,10 @@ class Persistence:
             bump = 0 if await self.store.get_marker(CLEAN_STOP) == "1" else 100
             await self.store.set_marker(CLEAN_STOP, "0")
         self.bump = bump
-        counts = restore(self.engine, pubs, subs, watchers, now, bump=bump)
+        if self.persist_subscriptions:
+            async for page in self.store.page_active_watchers(wall_now, self.fetch_rows):
+                n_sub += restore(self.engine, [], page, [], now, bump=bump)[1]
+        counts = (n_pub, n_sub)
         self.engine.journal = Journal()
         loop = asyncio.get_running_loop()
         if self.subs_db_mode == 2:

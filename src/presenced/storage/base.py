@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import AsyncIterator
 from typing import Self
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -119,6 +120,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def load_watchers(self) -> list[WatcherRow]: ...
+
+    async def page_presentities(self, now: int, batch: int) -> AsyncIterator[list[PresentityRow]]:
+        """`load_presentities` in pages of at most `batch` rows (`fetch_rows`), so a
+        large table is never one huge result set."""
+        yield await self.load_presentities(now)
+
+    async def page_active_watchers(self, now: int, batch: int) -> AsyncIterator[list[Subscription]]:
+        """`load_active_watchers` in pages of at most `batch` rows."""
+        yield await self.load_active_watchers(now)
 
     # --- writes -----------------------------------------------------------------------
 

@@ -378,6 +378,12 @@ class Queries:
         q = {
             # presentity
             "presentities": f"SELECT {P} FROM {p} WHERE expires > ? OR expires = -1",
+            # start-up restore in pages of fetch_rows (keyset on id; id comes last)
+            "presentities_page": f"SELECT {P}, id FROM {p} WHERE (expires > ? OR expires = -1) AND id > ?"
+            " ORDER BY id LIMIT ?",
+            "watchers_active_page": f"SELECT {A}, e.data, a.id FROM {a} a LEFT JOIN {e} e"
+            " ON e.callid = a.callid AND e.to_tag = a.to_tag AND e.from_tag = a.from_tag"
+            " WHERE a.expires >= ? AND a.id > ? ORDER BY a.id LIMIT ?",
             "presentity": f"SELECT {P} FROM {p} WHERE username = ? AND domain = ? AND event = ?"
             " AND (expires > ? OR expires = -1) ORDER BY received_time, id",
             "find_etag": f"SELECT {P} FROM {p} WHERE etag = ? ORDER BY id LIMIT 1",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from operator import attrgetter
 from typing import Any
 
@@ -243,6 +243,26 @@ class SqlStore(Store):
 
     async def load_active_watchers(self, now: int) -> list[Subscription]:
         return self._subs(await self._select("load_active_watchers", self.q.watchers_active, (now,)))
+
+    async def page_presentities(self, now: int, batch: int) -> AsyncIterator[list[PresentityRow]]:
+        after = -1
+        while True:
+            rows = await self._select("load_presentities", self.q.presentities_page, (now, after, batch))
+            if rows:
+                after = int(rows[-1][-1])
+                yield [self._dec_p(r[:-1]) for r in rows]
+            if len(rows) < batch:
+                return
+
+    async def page_active_watchers(self, now: int, batch: int) -> AsyncIterator[list[Subscription]]:
+        after = -1
+        while True:
+            rows = await self._select("load_active_watchers", self.q.watchers_active_page, (now, after, batch))
+            if rows:
+                after = int(rows[-1][-1])
+                yield self._subs([r[:-1] for r in rows])
+            if len(rows) < batch:
+                return
 
     async def load_watchers(self) -> list[WatcherRow]:
         rows = await self._select("load_watchers", self.q.auths)
