@@ -24,6 +24,7 @@ Two things cannot be derived from counters:
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import Any, Awaitable, Callable, Iterable
@@ -130,6 +131,11 @@ class _Exposition:
         return "\n".join(self.lines) + "\n"
 
 
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: no "exception was never retrieved" noise
+
+
 # ---------------------------------------------------------------- store proxy
 class TimedStore:
     """Transparent proxy around a storage backend that times each operation."""
@@ -190,19 +196,30 @@ class Metrics:
     def _timed(self, op: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def call(*args: Any, **kwargs: Any) -> Any:
             t0 = time.perf_counter()
+            # The operation runs as its own task so that a caller giving up on it
+            # (persistence.bounded cancels after its timeout) is counted at once:
+            # a driver stuck on a dead connection may never finish unwinding.
+            task = asyncio.ensure_future(fn(*args, **kwargs))
             try:
-                result = await fn(*args, **kwargs)
+                await asyncio.wait({task})
             except BaseException:
-                self.storage_errors[op] = self.storage_errors.get(op, 0) + 1
+                task.cancel()
+                task.add_done_callback(_retrieve)
+                self._observe_op(op, t0, error=True)
                 raise
-            finally:
-                h = self.storage_latency.get(op)
-                if h is None:
-                    h = self.storage_latency[op] = Histogram(STORAGE_BUCKETS)
-                h.observe(time.perf_counter() - t0)
-            return result
+            error = task.cancelled() or task.exception() is not None
+            self._observe_op(op, t0, error=error)
+            return task.result()
 
         return call
+
+    def _observe_op(self, op: str, t0: float, error: bool) -> None:
+        if error:
+            self.storage_errors[op] = self.storage_errors.get(op, 0) + 1
+        h = self.storage_latency.get(op)
+        if h is None:
+            h = self.storage_latency[op] = Histogram(STORAGE_BUCKETS)
+        h.observe(time.perf_counter() - t0)
 
     def count_http(self, path: str, status: int) -> None:
         key = (path, status)
