@@ -8,6 +8,7 @@ NOTIFYs sent later from the fan-out queue — and nothing when it is unset.
 
 from __future__ import annotations
 
+import contextvars
 import secrets
 
 from presenced.core.server import SipCore
@@ -50,7 +51,8 @@ class Harness:
         self.seen.append((event, seconds))
 
     def send(self, data: bytes, port: int, now: float) -> list[bytes]:
-        self.core.receive(data, Address("udp", HOST, port), (HOST, 5060), now)
+        # in a copy of the context: receive() sets the log Call-ID context variable
+        contextvars.copy_context().run(self.core.receive, data, Address("udp", HOST, port), (HOST, 5060), now)
         out = [d for d, _, _ in self.core.outbox]
         self.core.outbox.clear()
         return out
