@@ -6,24 +6,25 @@ anyway (`core.stats`, `core.requests_by_method`, `core.responses_by_code`,
 and from the live state (publications, subscriptions, transactions), so an
 idle exporter costs nothing on the request path.
 
-Two things cannot be derived from counters and are measured here, from the
-runtime side so the sans-I/O core stays untouched:
+Two things cannot be derived from counters:
 
-- PUBLISH→NOTIFY latency: while the engine handles a PUBLISH (its `now` is
-  the arrival time), the watchers the change will notify are stamped; the
-  NOTIFY built for each (possibly later, in a fan-out batch) passes the stamp
-  to its client transaction; when the runtime hands that to a socket
-  (`server._send`, which also runs after a write-through commit) the
-  difference is observed. It includes fan-out queueing, body composition
-  and, in write-through storage modes, the commit.
+- PUBLISH→NOTIFY latency comes from the engine's `on_notify_latency` hook:
+  the engine stamps each watcher a PUBLISH's change will notify with the
+  PUBLISH's `now` (its arrival time) and, when the NOTIFY carrying that state
+  is handed to the transaction layer — possibly later, from a fan-out batch;
+  a coalesced NOTIFY keeps the oldest stamp — reports the difference. It
+  includes fan-out queueing and body composition; not the wait for a
+  write-through commit nor the socket write. With no hook set the engine
+  stamps nothing.
 - Storage operation latency and errors: `persistence.store` is wrapped in a
   proxy that times every awaited store call, by operation.
 
-`Metrics.attach()` installs these taps; `detach()` removes them.
+`Metrics.attach()` installs the hook and the proxy; `detach()` removes them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import Any, Awaitable, Callable, Iterable
@@ -49,8 +50,6 @@ TIMED_STORE_OPS = frozenset({
     "load_presentity", "load_subscriptions_for", "load_subscription", "find_etag",
     "get_xcap", "load_xcap", "put_xcap", "delete_xcap",
 })
-
-MAX_PENDING_LATENCY = 100_000  # stamped NOTIFYs not yet sent (bounded; dropped beyond)
 
 
 class Histogram:
@@ -132,6 +131,11 @@ class _Exposition:
         return "\n".join(self.lines) + "\n"
 
 
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: no "exception was never retrieved" noise
+
+
 # ---------------------------------------------------------------- store proxy
 class TimedStore:
     """Transparent proxy around a storage backend that times each operation."""
@@ -162,140 +166,60 @@ class Metrics:
         self.storage_latency: dict[str, Histogram] = {}
         self.storage_errors: dict[str, int] = {}
         self.http_requests: dict[tuple[str, int], int] = {}
-        self._publish_now: float | None = None
-        self._origin: dict[tuple, float] = {}    # subscription key -> PUBLISH arrival, NOTIFY not built yet
-        self._pending: dict[tuple, float] = {}   # client transaction key -> PUBLISH arrival, not sent yet
-        self._taps: list[tuple[Any, str]] = []
         self._proxied: tuple[Any, Any] | None = None  # (persistence, original store)
-
-    # -------------------------------------------------------------- clock
-    def _clock(self) -> float:
-        loop = getattr(self.server, "loop", None)
-        return loop.time() if loop is not None else time.monotonic()
 
     # --------------------------------------------------------------- taps
     def attach(self) -> None:
-        """Install the latency taps (instance attributes shadowing the methods;
-        `detach` removes them). Each tap is skipped if its method is missing."""
+        """Set the engine's latency hook and time the store's operations."""
         server = self.server
         engine = server.core.engine
-        if not self._taps:
-            self._tap(engine, "handle_publish", self._wrap_handle_publish)
-            self._tap(engine, "_publication_changed", self._wrap_publication_changed)
-            self._tap(engine, "send_notify", self._wrap_send_notify)
-            self._tap(server, "_send", self._wrap_send)
+        engine.on_notify_latency = self.observe_notify_latency
         p = getattr(server, "persistence", None)
         if p is not None and self._proxied is None and not isinstance(p.store, TimedStore):
             self._proxied = (p, p.store)
             p.store = TimedStore(p.store, self)
 
-    def _tap(self, obj: Any, name: str, make: Callable[[Callable], Callable]) -> None:
-        orig = getattr(obj, name, None)
-        if orig is None or name in vars(obj):
-            return
-        setattr(obj, name, make(orig))
-        self._taps.append((obj, name))
-
     def detach(self) -> None:
-        for obj, name in self._taps:
-            vars(obj).pop(name, None)
-        self._taps.clear()
+        engine = self.server.core.engine
+        if engine.on_notify_latency == self.observe_notify_latency:
+            engine.on_notify_latency = None
         if self._proxied is not None:
             p, store = self._proxied
             if isinstance(p.store, TimedStore):
                 p.store = store
             self._proxied = None
-        self._origin.clear()
-        self._pending.clear()
 
-    # PUBLISH arrives (engine time `now` = loop.time() at receipt) ...
-    def _wrap_handle_publish(self, orig: Callable) -> Callable:
-        def handle_publish(req, ctx, now, *args, **kwargs):
-            self._publish_now = now
-            try:
-                return orig(req, ctx, now, *args, **kwargs)
-            finally:
-                self._publish_now = None
-
-        return handle_publish
-
-    # ... the watchers it will notify are stamped (the engine may send their
-    # NOTIFYs later, in fan-out batches; a coalesced NOTIFY keeps the oldest stamp) ...
-    def _wrap_publication_changed(self, orig: Callable) -> Callable:
-        engine = self.server.core.engine
-        origin = self._origin
-
-        def publication_changed(key, pkg, now, sender, *args, **kwargs):
-            t0 = self._publish_now
-            if t0 is not None:
-                if len(origin) >= MAX_PENDING_LATENCY:
-                    origin.clear()
-                for sub in list(engine.subs_by_presentity.get(key, {}).values()):
-                    if sub.status != "active" or sub.reason is not None or sub.expires_at <= now:
-                        continue
-                    if sender is not None and sub.remote_target == sender:
-                        continue
-                    origin.setdefault(sub.key, t0)
-            return orig(key, pkg, now, sender, *args, **kwargs)
-
-        return publication_changed
-
-    # ... each NOTIFY built for a stamped watcher carries the stamp to its
-    # client transaction ...
-    def _wrap_send_notify(self, orig: Callable) -> Callable:
-        core = self.server.core
-        origin = self._origin
-        pending = self._pending
-
-        def send_notify(sub, *args, **kwargs):
-            t0 = origin.pop(sub.key, None) if origin else None
-            if t0 is None:
-                return orig(sub, *args, **kwargs)
-            outbox = core.outbox
-            start = len(outbox)
-            try:
-                return orig(sub, *args, **kwargs)
-            finally:
-                if len(pending) >= MAX_PENDING_LATENCY:
-                    pending.clear()
-                for item in outbox[start:]:
-                    ct = item[2]
-                    if ct is not None:
-                        pending[ct.key] = t0
-
-        return send_notify
-
-    # ... and the difference is observed when the runtime hands it to a socket.
-    def _wrap_send(self, orig: Callable) -> Callable:
-        pending = self._pending
-        hist = self.publish_notify_latency
-        clock = self._clock
-
-        def send(data, dest, ct):
-            if ct is not None and pending:
-                t0 = pending.pop(ct.key, None)
-                if t0 is not None:
-                    hist.observe(clock() - t0)
-            return orig(data, dest, ct)
-
-        return send
+    def observe_notify_latency(self, event: str, seconds: float) -> None:
+        """The engine's `on_notify_latency` hook (one histogram, all packages)."""
+        self.publish_notify_latency.observe(seconds)
 
     def _timed(self, op: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def call(*args: Any, **kwargs: Any) -> Any:
             t0 = time.perf_counter()
+            # The operation runs as its own task so that a caller giving up on it
+            # (persistence.bounded cancels after its timeout) is counted at once:
+            # a driver stuck on a dead connection may never finish unwinding.
+            task = asyncio.ensure_future(fn(*args, **kwargs))
             try:
-                result = await fn(*args, **kwargs)
+                await asyncio.wait({task})
             except BaseException:
-                self.storage_errors[op] = self.storage_errors.get(op, 0) + 1
+                task.cancel()
+                task.add_done_callback(_retrieve)
+                self._observe_op(op, t0, error=True)
                 raise
-            finally:
-                h = self.storage_latency.get(op)
-                if h is None:
-                    h = self.storage_latency[op] = Histogram(STORAGE_BUCKETS)
-                h.observe(time.perf_counter() - t0)
-            return result
+            error = task.cancelled() or task.exception() is not None
+            self._observe_op(op, t0, error=error)
+            return task.result()
 
         return call
+
+    def _observe_op(self, op: str, t0: float, error: bool) -> None:
+        if error:
+            self.storage_errors[op] = self.storage_errors.get(op, 0) + 1
+        h = self.storage_latency.get(op)
+        if h is None:
+            h = self.storage_latency[op] = Histogram(STORAGE_BUCKETS)
+        h.observe(time.perf_counter() - t0)
 
     def count_http(self, path: str, status: int) -> None:
         key = (path, status)
@@ -456,7 +380,7 @@ class Metrics:
         e.family("presenced_notify_timeouts_total", "counter", "NOTIFY transactions that timed out or could not be sent.")
         e.sample("presenced_notify_timeouts_total", es.get("notify_timeout", 0))
         e.family("presenced_publish_notify_latency_seconds", "histogram",
-                 "Time from a PUBLISH's arrival to each NOTIFY it caused being handed to the socket.")
+                 "Time from a PUBLISH's arrival to each NOTIFY it caused being handed to the transaction layer.")
         e.histogram("presenced_publish_notify_latency_seconds", self.publish_notify_latency)
 
         # --- transactions and transports

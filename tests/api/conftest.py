@@ -8,7 +8,7 @@ import sys
 import pytest
 
 _HERE = pathlib.Path(__file__).resolve().parent
-for p in (_HERE, _HERE.parent):  # api_support, then tests/sipclient.py
+for p in (_HERE, _HERE.parent, _HERE.parent / "storage"):  # api_support, tests/sipclient.py, storage_support
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 

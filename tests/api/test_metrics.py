@@ -126,3 +126,46 @@ def test_histogram_unit():
         h.observe(v)
     assert h.cumulative() == [(0.1, 2), (1.0, 3), (float("inf"), 4)]
     assert h.count == 4 and abs(h.sum - 3.65) < 1e-9
+
+
+def test_state_and_transaction_gauges_exact_on_a_fresh_server():
+    """Own server (exact values): pending vs active subscriptions, publications
+    by event, open server/client transactions."""
+    from api_support import LiveServer
+
+    srv = LiveServer(**{"presence_xml.force_active": 0}).start()  # no rules: watchers wait (pending)
+    bob = SipClient(srv.port, user=uid("bob"))
+    alice = uid("alice")
+    aor = f"sip:{alice}@{HOST}"
+    try:
+        m0 = srv.metrics()
+        assert sample(m0, "presenced_transactions", kind="server") == 0
+        assert sample(m0, "presenced_transactions", kind="client") == 0
+        resp, d = bob.subscribe(aor)  # UDP: its server transaction lingers (Timer J)
+        assert resp.status == 200
+        notify = bob.recv(2.0, lambda m: getattr(m, "method", None) == "NOTIFY")  # left unanswered
+        assert notify.get("subscription-state").startswith("pending")
+        body = (
+            f'<?xml version="1.0"?><dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" version="0" '
+            f'state="full" entity="{aor}"><dialog id="d1"><state>confirmed</state></dialog></dialog-info>'
+        ).encode()
+        with SipClient(srv.port, transport="tcp", user=alice) as ua:  # TCP: no lingering transaction
+            assert ua.publish(aor, body, event="dialog", ctype="application/dialog-info+xml").status == 200
+        m1 = srv.metrics()
+        assert sample(m1, "presenced_subscriptions", event="presence", state="pending") == 1
+        assert sample(m1, "presenced_subscriptions", event="presence", state="active") == 0
+        assert sample(m1, "presenced_publications", event="dialog") == 1
+        assert sample(m1, "presenced_publications", event="presence") == 0
+        assert sample(m1, "presenced_transactions", kind="server") == 1
+        assert sample(m1, "presenced_transactions", kind="client") == 1  # the NOTIFY in flight
+        assert sample(m1, "presenced_sip_requests_total", method="PUBLISH") == 1
+        assert sample(m1, "presenced_sip_responses_total", code="200") == 2
+        # the owner approves bob: the subscription turns active
+        srv.in_loop(lambda: srv.server.core.engine.set_watcher_status(
+            aor, "presence", f"sip:{bob.user}@{HOST}", "active", None, srv.loop.time()))
+        srv.in_loop(srv.server._flush)
+        assert wait_until(lambda: sample(srv.metrics(), "presenced_subscriptions", event="presence", state="active") == 1)
+        assert sample(srv.metrics(), "presenced_subscriptions", event="presence", state="pending") == 0
+    finally:
+        bob.close()
+        srv.stop()

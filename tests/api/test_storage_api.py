@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -122,3 +123,41 @@ def test_refresh_watchers_type2_hard_state(dblive):
     with pytest.raises(RpcFailed):
         dblive.rpc("presence.refreshWatchers", aor, "presence", 2, row.doc_uri)
     bob.close()
+
+
+def test_stalled_database_fails_rpc_reads_without_blocking_writes(dblive):
+    """A read that never answers (publish_cache_sync holds the commit lock while it
+    reads) must fail the RPC within the write timeout, and leave the lock free:
+    write-through PUBLISHes are still answered."""
+    p = dblive.server.persistence
+    inner = p.store._inner
+
+    async def stall(*_a, **_k):
+        await asyncio.sleep(3600)
+
+    def setup():
+        p.write_timeout = 0.3
+        inner.load_presentities = stall
+        inner.get_xcap = stall
+
+    def undo():
+        p.write_timeout = 3.0
+        vars(inner).pop("load_presentities", None)
+        vars(inner).pop("get_xcap", None)
+
+    dblive.in_loop(setup)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RpcFailed) as e:
+            dblive.rpc("presence.publish_cache_sync")
+        assert e.value.code == 500 and "no answer" in e.value.message
+        aor = f"sip:{uid('alice')}@{HOST}"
+        with pytest.raises(RpcFailed) as e:
+            dblive.rpc("presence.refreshWatchers", aor, "presence", 2, "/pidf", "hard.xml")
+        assert e.value.code == 500
+        assert time.monotonic() - t0 < 3
+        with SipClient(dblive.port, user="x") as ua:
+            assert ua.publish(aor, pidf(aor), timeout=2.0).status == 200
+    finally:
+        dblive.in_loop(undo)
+    assert dblive.rpc("presence.publish_cache_sync") == "OK"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 
-from e2e_support import HOST, Phone, cli, pidf, uid
+from e2e_support import HOST, Phone, SipClient, cli, pidf, uid
 
 import presenced
 
@@ -76,3 +76,57 @@ def test_udp_port_in_use_exits_2(server):
     assert "Traceback" not in r.stderr
     with Phone(server.port, "udp") as ph:
         assert ph.request("OPTIONS", f"sip:{HOST}:{server.port}").status == 200
+
+
+def test_sigterm_stops_taking_requests_and_finishes_notify_in_flight(spawn):
+    """SIGTERM: new requests get no answer, the NOTIFY in flight still completes
+    (retransmitted until answered), then the process exits 0 at once."""
+    srv = spawn("--set", "presence_xml.force_active=1")
+    uri = f"sip:{uid('p')}@{HOST}"
+    w = SipClient(srv.port, user=uid("w"))  # answers NOTIFYs only when told to
+    p = Phone(srv.port, "udp")
+    late = Phone(srv.port, "udp")
+    try:
+        _, d = w.subscribe(uri, expires=600)
+        w.expect_notify(d)
+        assert p.publish(uri, pidf(uri, note="last words")).status == 200
+        is_notify = lambda m: getattr(m, "method", None) == "NOTIFY"  # noqa: E731
+        first = w.recv(2.0, is_notify)  # not answered: the transaction stays in flight
+        assert b"last words" in first.body
+        srv.sigterm()
+        time.sleep(0.1)
+        # no new work is taken on
+        resp = None
+        try:
+            resp = late.request("OPTIONS", f"sip:{HOST}:{srv.port}", timeout=0.4)
+        except TimeoutError:
+            pass
+        assert resp is None, f"answered {resp.status} after SIGTERM"
+        # ... but the NOTIFY in flight is retransmitted (Timer E) until answered
+        again = w.recv(2.0, is_notify)
+        assert again.get("cseq") == first.get("cseq") and again.top_via.branch == first.top_via.branch
+        assert srv.alive()
+        w.answer(again, 200)
+        t_answer = time.monotonic()
+        try:
+            rc = srv.proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("server did not exit after its last transaction finished")
+        assert rc == 0, srv.output()
+        assert time.monotonic() - t_answer < 1.0
+    finally:
+        for c in (w, p, late):
+            c.close()
+
+
+def test_config_errors_name_file_line_and_field(tmp_path):
+    conf = tmp_path / "presenced.toml"
+    conf.write_text("[presence]\nmax_expires = 600\n\nsubs_db_mode = 7\n")
+    for args in (("config", "check", str(conf)), ("serve", "--config", str(conf), "--db-url", "memory")):
+        r = cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        lines = [l for l in r.stderr.splitlines() if l.strip()]
+        assert lines == [f"presenced: {conf}:4: presence.subs_db_mode: 7 is out of range 0..3"], (args, r.stderr)
+    conf.write_text("[presence]\nmax_expires = 600\n")
+    r = cli("config", "check", str(conf))
+    assert r.returncode == 0 and f"{conf}: OK" in r.stdout

@@ -34,7 +34,10 @@ def test_sighup_applies_min_expires_and_reports_restart_only_params(tmp_path):
         assert resp.status == 423 and resp.get("min-expires") == "20"
         conf.write_text("[presence]\nmin_expires = 'x'\n")
         srv.proc.send_signal(signal.SIGHUP)
-        _wait_for(srv, "configuration not reloaded")
+        out = _wait_for(srv, "configuration not reloaded")
+        assert f"{conf}:2: presence.min_expires" in out  # file, line and field of the error
+        resp, _ = p.subscribe("sip:c@127.0.0.1", expires=15)
+        assert resp.status == 423 and resp.get("min-expires") == "20"  # the old config stays
         assert p.request("OPTIONS", "sip:127.0.0.1").status == 200  # still serving
     finally:
         srv.stop()

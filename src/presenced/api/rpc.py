@@ -5,10 +5,14 @@ output fields (`presence.cleanup`, `presence.refreshWatchers`,
 `presence.updateWatchers`, `presence.presentity_list`,
 `presence.presentity_show`, `presence.watcher_list`,
 `presence.publish_cache_sync`), so kamcmd-style scripts keep working.
-Kamailio's list commands only see what sits in its shared-memory tables;
-presenced's engine holds every publication and subscription in memory in
-every storage mode (the database is a write-through/write-back copy), so the
-lists here are complete whatever `publ_cache` / `subs_db_mode` say.
+Kamailio's list commands only see what sits in its shared-memory tables.
+presenced's engine holds every publication and subscription it handles in
+memory in every storage mode (the database is a write-through/write-back
+copy), and in the database-is-the-truth modes (`publ_cache=0` for
+publications, `subs_db_mode=3` for subscriptions) the lists and
+`subscription_show` also read the database, so rows another server sharing
+it wrote (presenced or Kamailio) are shown too. In the other modes such rows
+appear after `presence.publish_cache_sync` (publications) or a restart.
 
 presenced's own methods: `presence.subscription_show` (one dialog in full),
 `presence.counters` (alias `core.stats`), `core.config` (effective
@@ -306,8 +310,10 @@ class RpcService:
         if p is not None:
             if not await p.flush():
                 raise RpcError(FAULT, f"storage write failed: {p.last_error}")
+            from presenced.runtime.persistence import CLEAN_TIMEOUT, bounded
+
             try:
-                await p.store.delete_expired(int(time.time()))
+                await bounded(p.store.delete_expired(int(time.time())), min(CLEAN_TIMEOUT, 10 * p.write_timeout))
             except Exception as e:
                 raise RpcError(FAULT, f"deleting expired rows failed: {e}") from None
         return "Reload OK"
@@ -343,8 +349,10 @@ class RpcService:
         load = getattr(self.server, "load_rules", None)
         if load is None or getattr(self.server, "persistence", None) is None:
             return
+        from presenced.runtime.persistence import bounded
+
         try:
-            await load(pres)
+            await bounded(load(pres), self.server.persistence.write_timeout)
         except Exception as e:
             raise RpcError(FAULT, f"loading pres-rules of {pres} failed: {e}") from None
 
@@ -352,7 +360,7 @@ class RpcService:
         """refreshWatchers type 2: the xcap pidf-manipulation document becomes a
         publication with ETag `filename` that never expires (or is removed)."""
         from presenced.core.state import Publication
-        from presenced.runtime.persistence import split_aor
+        from presenced.runtime.persistence import bounded, split_aor
 
         p = getattr(self.server, "persistence", None)
         if p is None:
@@ -362,7 +370,7 @@ class RpcService:
             raise RpcError(FAULT, f"pidf-manipulation not supported for {pkg.key}")
         user, domain = split_aor(pres)
         try:
-            row = await p.store.get_xcap(user, domain, PIDF_MANIPULATION)
+            row = await bounded(p.store.get_xcap(user, domain, PIDF_MANIPULATION), p.write_timeout)
         except Exception as e:
             raise RpcError(FAULT, f"retrieving pidf-manipulation document failed: {e}") from None
         engine = self.engine
@@ -402,15 +410,50 @@ class RpcService:
         self._flush()
         return {"changed": n}
 
-    def _pub_rows(self, match: Callable[[str, str], bool], full: bool) -> list[dict[str, Any]]:
+    async def _read_db(self, what: str, read: Callable[[Any], Awaitable[Any]]) -> Any:
+        """Read from the store under the commit lock, so no journal is half-written
+        while we look; what changed in memory meanwhile is still in the journal."""
+        from presenced.runtime.persistence import bounded
+
+        p = self.server.persistence
+        lock = getattr(p, "_lock", None)
+        try:
+            if lock is not None:
+                async with lock:
+                    return await bounded(read(p.store), p.write_timeout)
+            return await bounded(read(p.store), p.write_timeout)
+        except Exception as e:
+            raise RpcError(FAULT, f"reading {what} from the database failed: {str(e) or type(e).__name__}") from None
+
+    def _db_only(self, kind: str) -> bool:
+        """publ_cache=0 / subs_db_mode=3: the database is the truth, and may hold
+        rows another server (presenced or Kamailio) wrote that are not in memory."""
+        p = getattr(self.server, "persistence", None)
+        if p is None:
+            return False
+        return p.publ_cache == 0 if kind == "publications" else p.subs_db_mode == 3
+
+    async def _pub_rows(self, match: Callable[[str, str], bool], full: bool) -> list[dict[str, Any]]:
         from presenced.runtime.persistence import publication_row
 
         now = self._now()
         wall = self._wall(now)
-        out = []
         pubs = sorted(self.engine.etags.values(), key=lambda p: (p.pres_uri, p.event, p.seq))
-        for pub in pubs:
-            r = publication_row(pub, wall)
+        rows = [publication_row(pub, wall) for pub in pubs]
+        if self._db_only("publications"):
+            stored = await self._read_db("publications", lambda st: st.load_presentities(int(time.time())))
+            journal = self.engine.journal
+            deleted = set(journal.pub_deletes) if journal is not None else set()
+            extra = [r for r in stored if r.etag not in self.engine.etags and r.etag not in deleted]
+            if extra:
+                extra.sort(key=lambda r: (r.domain, r.username, r.event, r.received_time))
+                rows.extend(extra)
+                order = {}
+                for r in rows:  # memory order kept; a presentity's stored-only rows follow its own
+                    order.setdefault((r.username, r.domain, r.event), len(order))
+                rows.sort(key=lambda r: order[(r.username, r.domain, r.event)])
+        out = []
+        for r in rows:
             if not match(r.username, r.domain):
                 continue
             row: dict[str, Any] = {
@@ -420,13 +463,13 @@ class RpcService:
             if full:
                 row.update({
                     "received_time": r.received_time, "priority": r.priority, "ruid": r.ruid,
-                    "body": _text(r.body), "hashid": zlib.crc32(f"{r.username}@{r.domain}".encode()) & 0xFFFF,
+                    "body": _text(bytes(r.body)), "hashid": zlib.crc32(f"{r.username}@{r.domain}".encode()) & 0xFFFF,
                 })
             out.append(row)
         return out
 
     async def presence_presentity_list(self, mode: str | None) -> list[dict[str, Any]]:
-        return self._pub_rows(lambda u, d: True, (mode or "").lower() == "full")
+        return await self._pub_rows(lambda u, d: True, (mode or "").lower() == "full")
 
     async def presence_presentity_show(self, mode: str, user: str, domain: str) -> list[dict[str, Any]]:
         u, d = user.lower(), domain.lower()
@@ -434,7 +477,7 @@ class RpcService:
         def match(pu: str, pd: str) -> bool:
             return (u == "*" or pu.lower() == u) and (d == "*" or pd.lower() == d)
 
-        return self._pub_rows(match, mode == "full")
+        return await self._pub_rows(match, mode == "full")
 
     async def presence_watcher_list(self, mode: str, presentity_uri: str) -> list[dict[str, Any]]:
         from presenced.runtime.persistence import subscription_rows
@@ -446,34 +489,52 @@ class RpcService:
             want = self.engine.presentity_key(want)
         except SipParseError:
             pass
+        key = want
         want = want.lower()
         now = self._now()
         wall = self._wall(now)
         full = mode == "full"
-        out = []
         subs = sorted(self.engine.subs_by_dialog.values(), key=lambda s: (s.event, s.created))
-        for sub in subs:
-            if sub.pres_uri.lower() != want:
-                continue
-            r, _ = subscription_rows(sub, wall)
-            row: dict[str, Any] = {
-                "pres_uri": r.presentity_uri, "to_user": r.to_user, "to_domain": r.to_domain,
-                "from_user": r.from_user, "from_domain": r.from_domain,
-                "watcher_user": r.watcher_username, "watcher_domain": r.watcher_domain,
-                "event": r.event, "event_id": r.event_id or "", "contact": r.contact, "callid": r.callid,
-                "user_agent": r.user_agent, "expires": r.expires, "status": r.status,
-                "version": r.version, "flags": r.flags,
-            }
-            if full:
-                row.update({
-                    "reason": r.reason or "", "to_tag": r.to_tag, "from_tag": r.from_tag,
-                    "socket": r.socket_info, "local_contact": r.local_contact,
-                    "record_route": r.record_route or "", "auth_rules": "",
-                    "local_cseq": r.local_cseq, "remote_cseq": r.remote_cseq, "recv_event": 0,
-                    "updated": r.updated, "updated_winfo": r.updated_winfo,
-                })
-            out.append(row)
-        return out
+        rows = [subscription_rows(sub, wall)[0] for sub in subs if sub.pres_uri.lower() == want]
+        if self._db_only("subscriptions"):
+            events = sorted({pkg.key for pkg in self.engine.registry})
+
+            async def read(store: Any) -> list:
+                found = []
+                for ev in events:
+                    found.extend(await store.load_subscriptions_for(key, ev, int(time.time())))
+                return found
+
+            stored = await self._read_db("subscriptions", read)
+            journal = self.engine.journal
+            gone = {(k[0], k[1], k[2]) for k, (_, alive) in (journal.subs.items() if journal is not None else ()) if not alive}
+            known = {(s.call_id, s.local_tag, s.remote_tag) for s in self.engine.subs_by_dialog.values()}
+            for r, _ext in stored:
+                dk = (r.callid, r.to_tag, r.from_tag)
+                if dk not in known and dk not in gone and r.presentity_uri.lower() == want:
+                    rows.append(r)
+                    known.add(dk)
+        return [self._watcher_row(r, full) for r in rows]
+
+    @staticmethod
+    def _watcher_row(r: Any, full: bool) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "pres_uri": r.presentity_uri, "to_user": r.to_user, "to_domain": r.to_domain,
+            "from_user": r.from_user, "from_domain": r.from_domain,
+            "watcher_user": r.watcher_username, "watcher_domain": r.watcher_domain,
+            "event": r.event, "event_id": r.event_id or "", "contact": r.contact, "callid": r.callid,
+            "user_agent": r.user_agent, "expires": r.expires, "status": r.status,
+            "version": r.version, "flags": r.flags,
+        }
+        if full:
+            row.update({
+                "reason": r.reason or "", "to_tag": r.to_tag, "from_tag": r.from_tag,
+                "socket": r.socket_info, "local_contact": r.local_contact,
+                "record_route": r.record_route or "", "auth_rules": "",
+                "local_cseq": r.local_cseq, "remote_cseq": r.remote_cseq, "recv_event": 0,
+                "updated": r.updated, "updated_winfo": r.updated_winfo,
+            })
+        return row
 
     async def presence_publish_cache_sync(self) -> str:
         """Kamailio rebuilds its publish index from the database (publ_cache=1).
@@ -488,17 +549,10 @@ class RpcService:
             return "OK"  # nothing but memory: nothing to sync from
         if not await p.flush():
             raise RpcError(FAULT, f"storage write failed: {p.last_error}")
-        lock = getattr(p, "_lock", None)
-        try:
-            # Under the commit lock nothing is half-written while we read; what
-            # changes in memory meanwhile stays in the journal and is skipped below.
-            if lock is not None:
-                async with lock:
-                    rows = await p.store.load_presentities(int(time.time()))
-            else:
-                rows = await p.store.load_presentities(int(time.time()))
-        except Exception as e:
-            raise RpcError(FAULT, f"reading publications failed: {e}") from None
+        # Under the commit lock nothing is half-written while we read (and a stalled
+        # database cannot keep the lock); what changes in memory meanwhile stays in
+        # the journal and is skipped below.
+        rows = await self._read_db("publications", lambda st: st.load_presentities(int(time.time())))
         engine = self.engine
         journal = engine.journal
         pending_saves = set(journal.pubs) if journal is not None else set()
@@ -548,6 +602,18 @@ class RpcService:
             s for s in self.engine.subs_by_dialog.values()
             if s.call_id == callid and s.local_tag == to_tag and s.remote_tag == from_tag
         ]
+        if not subs and self._db_only("subscriptions"):
+            # DB-only mode: a dialog another server wrote is shown from its row.
+            from presenced.runtime.persistence import _subscription_from_row
+
+            found = await self._read_db("the subscription", lambda st: st.load_subscription(callid, to_tag, from_tag))
+            journal = self.engine.journal
+            if found is not None:
+                sub = _subscription_from_row(self.engine, found[0], found[1], self._now(), 0)
+                deleted = journal is not None and any(
+                    not alive and k[:3] == (callid, to_tag, from_tag) for k, (_, alive) in journal.subs.items())
+                if sub is not None and not deleted:
+                    subs = [sub]
         if event is not None:
             pkg = self._package(event)
             subs = [s for s in subs if s.event == pkg.key]

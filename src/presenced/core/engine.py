@@ -116,6 +116,11 @@ class PresenceEngine:
         # DB-only modes (runtime/shared.py): asked before a record expires; False
         # means "not yet": the runtime checks the database and calls back.
         self.expiry_guard: Callable[[Publication | Subscription], bool] | None = None
+        # Metrics: on_notify_latency(event_key, seconds) is called when a NOTIFY
+        # carrying state a PUBLISH changed is handed to the transaction layer,
+        # with the time since that PUBLISH was accepted (fan-out queueing
+        # included). None (the default) = nothing is stamped or measured.
+        self.on_notify_latency: Callable[[str, float], None] | None = None
         self.stats: dict[str, int] = {
             "notify_sent": 0, "notify_failed": 0, "notify_timeout": 0,
             "publications_expired": 0, "subscriptions_expired": 0,
@@ -209,14 +214,14 @@ class PresenceEngine:
             if expires == 0:
                 return Reply(200, "OK", [("Expires", "0")])
             pub = self._store_publication(key, req.uri_text, pkg, body, ctype or pkg.content_types[0], now, expires, sender_uri)
-            self._publication_changed(key, pkg, now, sender_uri)
+            self._publication_changed(key, pkg, now, sender_uri, published=True)
             return self._publish_ok(pub.etag, expires)
         old = self.etags.get(if_match)
         if old is None or (old.pres_uri, old.event) != key or old.expires_at <= now:
             return Reply(412, "Conditional Request Failed")
         if expires == 0:
             self._remove_publication(old)
-            self._publication_changed(key, pkg, now, sender_uri)
+            self._publication_changed(key, pkg, now, sender_uri, published=True)
             return Reply(200, "OK", [("SIP-ETag", old.etag), ("Expires", "0")])
         # refresh or modify: a new entity-tag every time (RFC 3903 §6 step 7)
         self._drop_etag(old)
@@ -236,7 +241,7 @@ class PresenceEngine:
             old.seq = self._pub_seq
             if sender_uri is not None:
                 old.sender = sender_uri
-            self._publication_changed(key, pkg, now, sender_uri)
+            self._publication_changed(key, pkg, now, sender_uri, published=True)
         return self._publish_ok(new, expires)
 
     def _publish_ok(self, etag: str, expires: int) -> Reply:
@@ -328,18 +333,25 @@ class PresenceEngine:
         if pkg is not None:
             self._publication_changed((pres_uri, pkg.key), pkg, now, None)
 
-    def _publication_changed(self, key: tuple[str, str], pkg: EventPackage, now: float, sender: str | None) -> None:
+    def _publication_changed(
+        self, key: tuple[str, str], pkg: EventPackage, now: float, sender: str | None, published: bool = False,
+    ) -> None:
         self._composed.pop(key, None)
         subs = self.subs_by_presentity.get(key)
         if not subs:
             return
         pending = self._fanout_pending
         queue = self._fanout
+        # PUBLISH→NOTIFY latency: each watcher to notify remembers when the
+        # oldest change it has not been told about yet was accepted.
+        stamp = now if published and self.on_notify_latency is not None else None
         for sub in list(subs.values()):
             if sub.status != "active" or sub.reason is not None or sub.expires_at <= now:
                 continue
             if sender is not None and sub.remote_target == sender:
                 continue  # no echo to the publishing device
+            if stamp is not None and sub.notify_origin is None:
+                sub.notify_origin = stamp
             if sub.key in pending:
                 continue  # already queued: it will carry the newest state (coalesced)
             pending.add(sub.key)
@@ -359,6 +371,7 @@ class PresenceEngine:
             sub, pkg = queue.popleft()
             pending.discard(sub.key)
             if self.subs_by_dialog.get(sub.key) is not sub or sub.status != "active" or sub.reason is not None:
+                sub.notify_origin = None  # no NOTIFY for that change: do not measure a later one from it
                 continue
             self._safe_notify(sub, pkg, now)
             n += 1
@@ -710,6 +723,11 @@ class PresenceEngine:
             dest = Address("tcp", dest.host, dest.port, None)
         sub.notifies_sent += 1
         self.stats["notify_sent"] += 1
+        if sub.notify_origin is not None:  # only ever set while on_notify_latency is
+            origin, sub.notify_origin = sub.notify_origin, None
+            hook = self.on_notify_latency
+            if hook is not None:
+                hook(pkg.key, now - origin)
         self.tx.send_request(data, branch, "NOTIFY", dest, now, lambda resp, s=sub: self._notify_result(s, resp))
 
     def _destination(self, sub: Subscription, next_hop: str, size: int) -> Address:

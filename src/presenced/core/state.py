@@ -64,6 +64,7 @@ class Subscription:
     winfo_full_sent: bool = False
     notifies_sent: int = 0
     last_notify_status: int | None = None
+    notify_origin: float | None = None  # when the oldest state change not yet NOTIFIED was accepted (metrics only)
     extra: dict = field(default_factory=dict)
 
     @property

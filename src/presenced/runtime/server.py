@@ -55,6 +55,7 @@ class Server:
         self.core = core or SipCore(cfg)
         self.core.fanout_batch = 200  # then yield to the loop (see _flush)
         self._draining = False
+        self.stopping = False  # SIGTERM: requests are no longer taken, responses still are
         self.listen_specs = [parse_listen(s) for s in (listen or ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060"])]
         self.udp: list[UdpListener] = []
         self.tcp = TcpRegistry(self._on_message)
@@ -175,6 +176,9 @@ class Server:
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop listening, let in-flight NOTIFY transactions finish (bounded)."""
+        # From here on requests are dropped (also on UDP sockets and open TCP
+        # connections, which stay up for the NOTIFY responses still expected).
+        self.stopping = True
         if self.http is not None:
             await self.http.stop()
         for s in self.tcp.servers:
@@ -264,6 +268,9 @@ class Server:
     # -------------------------------------------------------------- receive
     def _on_message(self, data: bytes, source: Address, local: tuple[str, int]) -> None:
         assert self.loop is not None
+        if self.stopping and data.lstrip(b"\r\n")[:7].upper() != b"SIP/2.0":
+            self.core.stats["dropped"] += 1  # shutting down: no new requests
+            return
         if self._sync_queue is not None and needs_sync(data):
             self._sync_queue.put_nowait((data, source, local))
             return
