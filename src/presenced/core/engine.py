@@ -113,6 +113,9 @@ class PresenceEngine:
         # hooks
         self.authorize: Callable[[str, str, str, Subscription], tuple[str, str | None]] | None = None
         self.notify_reply_hook: Callable[[Subscription, Response | None], bool] | None = None
+        # (pres_uri, package key, now) after a state change's NOTIFYs are queued; the
+        # authorizer uses it to re-authorize watchers when the published sphere changes.
+        self.on_publication_changed: Callable[[str, str, float], None] | None = None
         self.stats: dict[str, int] = {
             "notify_sent": 0, "notify_failed": 0, "notify_timeout": 0,
             "publications_expired": 0, "subscriptions_expired": 0,
@@ -339,6 +342,10 @@ class PresenceEngine:
                 continue  # already queued: it will carry the newest state (coalesced)
             pending.add(sub.key)
             queue.append((sub, pkg))
+        if self.on_publication_changed is not None:
+            # Before the queue drains: a watcher this change de-authorizes is
+            # removed (or silenced) before it could see the new state.
+            self.on_publication_changed(key[0], pkg.key, now)
 
     @property
     def fanout_backlog(self) -> int:

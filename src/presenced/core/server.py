@@ -66,6 +66,8 @@ class SipCore:
                 sphere_check=bool(int(_opt(cfg, "presence", "enable_sphere_check", 0))),
             )
             self.engine.authorize = self.authorizer
+            if self.authorizer.sphere_check:
+                self.engine.on_publication_changed = self.authorizer.publication_changed
         # Built-in digest authentication (RFC 3261 §22) for the methods in auth.require.
         self.auth_methods = {m.upper() for m in (_opt(cfg, "auth", "require", []) or [])}
         self.auth_realm = str(_opt(cfg, "auth", "realm", "") or "")
