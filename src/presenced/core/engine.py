@@ -27,6 +27,7 @@ from presenced.transaction.timers import TimerHeap
 log = logging.getLogger("presenced.engine")
 
 UDP_MTU_LIMIT = 1300  # RFC 3261 §18.1.1
+HARD_STATE_SECONDS = 10 * 365 * 86400  # "never expires" (Kamailio stores expires = -1)
 
 
 @dataclass(slots=True)
@@ -245,11 +246,11 @@ class PresenceEngine:
 
     def _store_publication(
         self, key: tuple[str, str], entity: str, pkg: EventPackage, body: bytes, ctype: str,
-        now: float, expires: int, sender: str | None,
+        now: float, expires: int, sender: str | None, etag: str | None = None,
     ) -> Publication:
         self._pub_seq += 1
         pub = Publication(
-            etag=new_etag(), pres_uri=key[0], entity=entity, event=pkg.key, body=body,
+            etag=etag or new_etag(), pres_uri=key[0], entity=entity, event=pkg.key, body=body,
             content_type=ctype, expires_at=now + expires, received=now, seq=self._pub_seq, sender=sender,
         )
         if not pkg.composes:
@@ -822,6 +823,38 @@ class PresenceEngine:
         for s in subs:
             self._safe_notify(s, pkg, now)
         return len(subs)
+
+    def set_hard_state(self, uri: str, event: str, etag: str, body: bytes | None, now: float) -> str:
+        """pres_refresh_watchers type 2: `body` becomes the never-expiring publication
+        `etag` of uri/event (None removes it); watchers are told as for a PUBLISH.
+        Returns 'stored', 'removed' or 'absent'. ValueError on a bad package, ETag or body."""
+        pkg = self.registry.get(event)
+        if pkg is None or not pkg.publishable or pkg.template is not None:
+            raise ValueError(f"event {event!r} does not take publications")
+        ctype = "application/pidf+xml"
+        if ctype not in pkg.content_types:
+            raise ValueError(f"pidf-manipulation documents are PIDF; {pkg.key} does not take {ctype}")
+        if not etag or any(c.isspace() for c in etag):
+            raise ValueError("the filename (ETag) must be non-empty without white space")
+        key = (self.presentity_key(uri), pkg.key)
+        old = self.etags.get(etag)
+        if old is not None and (old.pres_uri, old.event) != key:
+            raise ValueError(f"ETag {etag!r} belongs to another publication ({old.pres_uri}, {old.event})")
+        if body is None:
+            if old is None:
+                return "absent"
+            self._remove_publication(old)
+            self._publication_changed(key, pkg, now, None)
+            return "removed"
+        try:
+            pkg.validate(body, ctype)
+        except BodyError as e:
+            raise ValueError(f"invalid document: {e}") from None
+        if old is not None:
+            self._remove_publication(old)
+        self._store_publication(key, key[0], pkg, body, ctype, now, HARD_STATE_SECONDS, None, etag=etag)
+        self._publication_changed(key, pkg, now, None)
+        return "stored"
 
     def composed_bodies(self, uri: str, event: str, now: float) -> list[bytes]:
         key = (self.presentity_key(uri), event)
