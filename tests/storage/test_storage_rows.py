@@ -276,3 +276,20 @@ async def test_concurrent_writes_one_store(store):
     assert sorted(r.etag for r in loaded) == sorted(f"e{n}.4" for n in range(20))
     subs = await store.load_active_watchers(NOW)
     assert len(subs) == 20 and all(w.local_cseq == 4 and e is not None for w, e in subs)
+
+
+async def test_delete_expired_purges_day_old_pending_authorizations(store):
+    day = 86400
+    await store.write(
+        Batch(
+            auth_upserts=[
+                auth(watcher_username="old-pending", status=2, inserted_time=NOW - day - 1),
+                auth(watcher_username="young-pending", status=2, inserted_time=NOW - day + 60),
+                auth(watcher_username="old-active", status=1, inserted_time=NOW - 10 * day),
+                auth(watcher_username="old-terminated", status=3, reason="rejected", inserted_time=NOW - 10 * day),
+            ]
+        )
+    )
+    await store.delete_expired(NOW)
+    left = sorted(r.watcher_username for r in await store.load_watchers())
+    assert left == ["old-active", "old-terminated", "young-pending"]

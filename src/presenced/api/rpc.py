@@ -301,6 +301,9 @@ class RpcService:
             engine._publication_expired(now, pub)
         for sub in [s for s in engine.subs_by_dialog.values() if s.expires_at <= now]:
             engine._subscription_expired(now, sub)
+        from presenced.storage.base import PENDING_AUTH_MAX_AGE
+
+        engine.purge_pending_watchers(now, PENDING_AUTH_MAX_AGE)
         self._flush()
         p = getattr(self.server, "persistence", None)
         if p is not None:

@@ -8,6 +8,7 @@ deadline in the shared TimerHeap (no periodic table scans).
 
 from __future__ import annotations
 
+import base64
 import logging
 import secrets
 from collections import deque
@@ -99,6 +100,10 @@ class PresenceEngine:
         self.subs_by_dialog: dict[tuple, Subscription] = {}
         self.subs_by_presentity: dict[tuple[str, str], dict[tuple, Subscription]] = {}
         self.watchers: dict[tuple[str, str, str], tuple[str, str | None]] = {}
+        # When each decision was made (inserted_time), and the pending ones by
+        # (presentity, package): a pending watcher without a dialog is "waiting".
+        self.watcher_since: dict[tuple[str, str, str], float] = {}
+        self._pending_watchers: dict[tuple[str, str], set[str]] = {}
         self._composed: dict[tuple[str, str], VersionedBody | None] = {}
         self._key_cache: dict[str, str] = {}
         self._fanout: deque[tuple[Subscription, EventPackage]] = deque()
@@ -542,10 +547,47 @@ class PresenceEngine:
         except SipParseError:
             return uri
 
-    def _set_watcher(self, wkey: tuple[str, str, str], decision: tuple[str, str | None]) -> None:
+    def _set_watcher(self, wkey: tuple[str, str, str], decision: tuple[str, str | None], since: float | None = None) -> None:
         self.watchers[wkey] = decision
+        self.watcher_since[wkey] = self._now_hint() if since is None else since
+        pk = (wkey[0], wkey[1])
+        if decision[0] == "pending":
+            self._pending_watchers.setdefault(pk, set()).add(wkey[2])
+        else:
+            self._drop_pending(pk, wkey[2])
         if self.journal is not None:
             self.journal.auth_saved(wkey, decision)
+
+    def _drop_pending(self, pk: tuple[str, str], watcher: str) -> None:
+        group = self._pending_watchers.get(pk)
+        if group is not None:
+            group.discard(watcher)
+            if not group:
+                del self._pending_watchers[pk]
+
+    def purge_pending_watchers(self, now: float, max_age: float = 86400.0) -> int:
+        """Forget pending decisions older than `max_age` (Kamailio's watchers cleaner)."""
+        old = [
+            (pres, event, w)
+            for (pres, event), group in self._pending_watchers.items()
+            for w in group
+            if self.watcher_since.get((pres, event, w), now) < now - max_age
+        ]
+        for wkey in old:
+            self.watchers.pop(wkey, None)
+            self.watcher_since.pop(wkey, None)
+            self._drop_pending((wkey[0], wkey[1]), wkey[2])
+            if self.journal is not None:
+                self.journal.auth_saved(wkey, None)
+        return len(old)
+
+    def _waiting_watchers(self, pres: str, event: str) -> list[str]:
+        """Pending watchers of pres/event whose subscription has gone (RFC 3857 "waiting")."""
+        group = self._pending_watchers.get((pres, event))
+        if not group:
+            return []
+        live = {self._watcher_key(s.watcher_uri) for s in self.subs_by_presentity.get((pres, event), {}).values()}
+        return sorted(w for w in group if w not in live)
 
     def _add_subscription(self, sub: Subscription) -> None:
         self.subs_by_dialog[sub.key] = sub
@@ -727,11 +769,20 @@ class PresenceEngine:
         from presenced.events.formats.watcherinfo import WatcherEntry
 
         status = "terminated" if terminated or w.status == "terminated" else w.status
+        if status == "terminated" and w.status == "pending" and self.watchers.get(
+            (w.pres_uri, w.event, self._watcher_key(w.watcher_uri)), ("",))[0] == "pending":
+            status = "waiting"  # RFC 3857 §3.3: a pending subscription that ended
         return WatcherEntry(
             id=w.watcher_id, uri=w.watcher_uri, status=status, event=w.watcher_event,
             display_name=w.watcher_display, expiration=max(0, int(w.expires_at - now)),
             duration_subscribed=max(0, int(now - w.created)),
         )
+
+    def _waiting_entry(self, watcher: str):
+        from presenced.events.formats.watcherinfo import WatcherEntry
+
+        wid = base64.b64encode(watcher.encode("utf-8", "surrogateescape")).decode("ascii")
+        return WatcherEntry(id=wid, uri=watcher, status="waiting", event="timeout")
 
     def _winfo_body(self, wsub: Subscription, wpkg: EventPackage, now: float, changed: Subscription | None, terminated: bool = False) -> bytes:
         watched = self.subs_by_presentity.get((wsub.pres_uri, wpkg.name), {})
@@ -739,6 +790,8 @@ class PresenceEngine:
             entries = [self._winfo_entry(w, now) for w in watched.values()]
             if changed is not None and changed.key not in watched:
                 entries.append(self._winfo_entry(changed, now, terminated))
+            entries.extend(self._waiting_entry(w) for w in self._waiting_watchers(wsub.pres_uri, wpkg.name)
+                           if changed is None or changed.key in watched or self._watcher_key(changed.watcher_uri) != w)
             state = "full"
             wsub.winfo_full_sent = True
         else:
@@ -776,6 +829,8 @@ class PresenceEngine:
         status, reason = known
         if status == "active":
             return 5 if reason == "polite-block" else 1
+        if status == "pending" and wkey[2] in self._waiting_watchers(wkey[0], "presence"):
+            return 4
         return {"pending": 2, "terminated": 3, "waiting": 4}.get(status, 2)
 
     def set_watcher_status(self, presentity_uri: str, event: str, watcher_uri: str, status: str, reason: str | None, now: float) -> int:

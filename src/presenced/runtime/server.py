@@ -97,6 +97,9 @@ class Server:
                 real = srv.sockets[0].getsockname()[1] if srv.sockets else port
                 self.bound.append(("tcp", host, real))
         self._housekeeping = self.loop.create_task(self._housekeeping_loop())
+        clean_period = int(getattr(getattr(self.cfg, "presence", None), "clean_period", 100))
+        if clean_period > 0:
+            self._tasks.add(self.loop.create_task(self._purge_pending_watchers(clean_period)))
         # Presence state is many long-lived small objects: move what exists now
         # out of the collector's sight and make full collections rarer, so the
         # cyclic GC does not rescan every subscription under load.
@@ -299,6 +302,17 @@ class Server:
         self.cfg = new
         log.warning("SIGHUP: reloaded; applied: %s; need a restart: %s",
                     ", ".join(applied) or "nothing", ", ".join(refused) or "nothing")
+
+    async def _purge_pending_watchers(self, period: float) -> None:
+        # The in-memory half of Kamailio's watchers cleaner (the database half is
+        # Store.delete_expired): a pending decision older than a day is forgotten.
+        from presenced.storage.base import PENDING_AUTH_MAX_AGE
+
+        assert self.loop is not None
+        while True:
+            await asyncio.sleep(period)
+            if self.core.engine.purge_pending_watchers(self.loop.time(), PENDING_AUTH_MAX_AGE):
+                self._flush()
 
     async def _housekeeping_loop(self) -> None:
         while True:
