@@ -115,9 +115,59 @@ def test_refresh_watchers_type1_sends_notify(live, scene):
 
 
 def test_refresh_watchers_type0_and_update_watchers(live, scene):
-    # force_active=1: nothing changes, nothing is sent.
-    assert live.rpc("presence.refreshWatchers", scene["aor"], "presence", 0) == {"changed": 0}
+    # force_active=1: there is no rules document, so type 0 fails (as in Kamailio);
+    # updateWatchers changes nothing; nothing is sent.
+    with pytest.raises(RpcFailed) as e:
+        live.rpc("presence.refreshWatchers", scene["aor"], "presence", 0)
+    assert e.value.code == 404 and "no pres-rules document" in e.value.message
     assert live.rpc("presence.updateWatchers", scene["aor"], "presence") == {"changed": 0}
+    assert scene["bob"].no_message(0.2)
+
+
+def test_refresh_watchers_type2_from_a_file(live, scene, tmp_path):
+    bob, d, aor = scene["bob"], scene["dialog"], scene["aor"]
+    f = tmp_path / "hard.xml"
+    f.write_bytes(pidf(aor, note="from a file").replace(b'id="t1"', b'id="hard"'))
+    res = live.rpc("presence.refreshWatchers", aor, "presence", 2, f.as_uri(), "hard.xml")
+    assert res == {"publication": "stored", "notified": 1}
+    n = bob.expect_notify(d)
+    assert b"from a file" in n.body and b"at lunch" in n.body  # composed with the PUBLISHed state
+    rows = live.rpc("presence.presentity_show", "basic", scene["alice"], "*")
+    hard = [r for r in rows if r["etag"] == "hard.xml"]
+    assert len(hard) == 1 and hard[0]["expires"] > time.time() + 5 * 365 * 86400  # never expires
+    # a plain path works too; a changed file replaces the document under the same ETag
+    f.write_bytes(pidf(aor, note="changed file"))
+    assert live.rpc("presence.refreshWatchers", aor, "presence", 2, str(f), "hard.xml")["publication"] == "stored"
+    n = bob.expect_notify(d)
+    assert b"changed file" in n.body and b"from a file" not in n.body
+    # an empty file removes it
+    f.write_bytes(b"")
+    assert live.rpc("presence.refreshWatchers", aor, "presence", 2, str(f), "hard.xml")["publication"] == "removed"
+    assert b"changed file" not in bob.expect_notify(d).body
+    assert [r["etag"] for r in live.rpc("presence.presentity_show", "basic", scene["alice"], "*")] == [scene["etag"]]
+
+
+def test_refresh_watchers_type2_bad_documents(live, scene, tmp_path):
+    aor = scene["aor"]
+    with pytest.raises(RpcFailed) as e:
+        live.rpc("presence.refreshWatchers", aor, "presence", 2, str(tmp_path / "missing.xml"), "x.xml")
+    assert e.value.code == 404 and "no such file" in e.value.message
+    bad = tmp_path / "bad.xml"
+    bad.write_bytes(b"<presence>not pidf")
+    with pytest.raises(RpcFailed) as e:
+        live.rpc("presence.refreshWatchers", aor, "presence", 2, str(bad), "x.xml")
+    assert e.value.code == 500 and "invalid document" in e.value.message
+    with pytest.raises(RpcFailed) as e:
+        live.rpc("presence.refreshWatchers", aor, "presence", 2, "file://otherhost/etc/x.xml", "x.xml")
+    assert e.value.code == -32602 and "local files" in e.value.message
+    with pytest.raises(RpcFailed) as e:  # a winfo package takes no publications
+        live.rpc("presence.refreshWatchers", aor, "presence.winfo", 2, str(bad), "x.xml")
+    assert e.value.code == 500
+    with pytest.raises(RpcFailed) as e:  # another publication's ETag cannot be hijacked
+        good = tmp_path / "good.xml"
+        good.write_bytes(pidf("sip:someone@127.0.0.1"))
+        live.rpc("presence.refreshWatchers", "sip:someone@127.0.0.1", "presence", 2, str(good), scene["etag"])
+    assert e.value.code == 500 and "another publication" in e.value.message
     assert scene["bob"].no_message(0.2)
 
 
@@ -129,8 +179,14 @@ def test_refresh_watchers_errors(live, scene):
         live.rpc("presence.refreshWatchers", scene["aor"], "presence", 1, "f", "g")
     assert e.value.code == -32602
     with pytest.raises(RpcFailed) as e:
+        live.rpc("presence.refreshWatchers", scene["aor"], "presence", 0, "f", "g")
+    assert e.value.code == -32602 and "only valid with type 2" in e.value.message
+    with pytest.raises(RpcFailed) as e:
+        live.rpc("presence.refreshWatchers", scene["aor"], "presence", 3)
+    assert e.value.code == -32602
+    with pytest.raises(RpcFailed) as e:
         live.rpc("presence.refreshWatchers", scene["aor"], "presence", 2, "http://x/pidf", "doc.xml")
-    assert e.value.code == 500 and "database" in e.value.message
+    assert e.value.code == -32602 and "file://" in e.value.message
     with pytest.raises(RpcFailed) as e:
         live.rpc("presence.refreshWatchers", scene["aor"], "no-such-event", 1)
     assert e.value.code == 500

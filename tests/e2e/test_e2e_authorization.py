@@ -142,3 +142,81 @@ def test_owner_approves_pending_watcher_by_changing_rules(spawn, tmp_path):
     assert b"<presence" in n.body and b"<tuple" not in n.body
     w = owner.expect_notify(wd, timeout=3)
     assert b'status="active"' in w.body and b'event="approved"' in w.body
+
+
+SPHERE_RULES = """<?xml version="1.0" encoding="UTF-8"?>
+<cr:ruleset xmlns="urn:ietf:params:xml:ns:pres-rules" xmlns:cr="urn:ietf:params:xml:ns:common-policy">
+  <cr:rule id="colleagues-at-work">
+    <cr:conditions>
+      <cr:identity><cr:one id="sip:bob@127.0.0.1"/></cr:identity>
+      <cr:sphere value="work"/>
+    </cr:conditions>
+    <cr:actions><sub-handling>allow</sub-handling></cr:actions>
+    <cr:transformations>
+      <provide-services><all-services/></provide-services><provide-all-attributes/>
+    </cr:transformations>
+  </cr:rule>
+</cr:ruleset>
+"""
+
+
+def _pidf_in_sphere(entity: str, sphere: str, note: str) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model"'
+        f' xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" entity="{entity}">\n'
+        f'  <tuple id="t1"><status><basic>open</basic></status><note>{note}</note></tuple>\n'
+        f'  <dm:person id="p1"><rpid:sphere>{sphere}</rpid:sphere></dm:person>\n'
+        "</presence>\n"
+    ).encode()
+
+
+def test_sphere_change_reauthorizes_watchers(spawn, tmp_path):
+    """bob may watch alice only while she is at work (RFC 4480 sphere, RFC 5025 §3.1.2)."""
+    db = f"sqlite://{tmp_path}/sphere.db"
+    f = tmp_path / "sphere.xml"
+    f.write_text(SPHERE_RULES)
+    assert cli("rules", "put", "sip:alice@127.0.0.1", str(f), "--db-url", db).returncode == 0
+    srv = spawn("--db-url", db, "--set", "presence.enable_sphere_check=1")
+    owner = Phone(srv.port, user="alice")
+    r = owner.publish("sip:alice@127.0.0.1", _pidf_in_sphere("sip:alice@127.0.0.1", "work", "in the office"))
+    assert r.status == 200
+    bob = Phone(srv.port, user="bob")
+    resp, dlg = bob.subscribe("sip:alice@127.0.0.1")
+    assert resp.status == 200
+    n = bob.expect_notify(dlg)
+    assert sub_state(n).split(";")[0] == "active" and b"in the office" in n.body
+
+    r = owner.publish("sip:alice@127.0.0.1", _pidf_in_sphere("sip:alice@127.0.0.1", "home", "on the sofa"),
+                      etag=r.get("sip-etag"))
+    assert r.status == 200
+    seen = bob.notifies(dlg, window=1.0)
+    assert [sub_state(x).split(";")[0] for x in seen] == ["terminated"]
+    assert "reason=rejected" in sub_state(seen[0])
+    assert all(b"sofa" not in x.body for x in seen)
+    # a new subscription while alice is at home is refused too
+    resp, dlg2 = bob.subscribe("sip:alice@127.0.0.1")
+    n = bob.expect_notify(dlg2)
+    assert sub_state(n).startswith("terminated") and n.body == b""
+
+
+def test_entering_the_sphere_activates_a_pending_watcher(spawn, tmp_path):
+    db = f"sqlite://{tmp_path}/sphere2.db"
+    f = tmp_path / "sphere2.xml"
+    confirm = ('  <cr:rule id="ask-bob">\n    <cr:conditions><cr:identity><cr:one id="sip:bob@127.0.0.1"/>'
+               "</cr:identity></cr:conditions>\n    <cr:actions><sub-handling>confirm</sub-handling></cr:actions>\n"
+               "  </cr:rule>\n</cr:ruleset>")
+    f.write_text(SPHERE_RULES.replace("</cr:ruleset>", confirm))
+    assert cli("rules", "put", "sip:alice@127.0.0.1", str(f), "--db-url", db).returncode == 0
+    srv = spawn("--db-url", db, "--set", "presence.enable_sphere_check=1")
+    owner = Phone(srv.port, user="alice")
+    r = owner.publish("sip:alice@127.0.0.1", _pidf_in_sphere("sip:alice@127.0.0.1", "home", "on the sofa"))
+    bob = Phone(srv.port, user="bob")
+    _, dlg = bob.subscribe("sip:alice@127.0.0.1")
+    n = bob.expect_notify(dlg)
+    assert sub_state(n).split(";")[0] == "pending" and n.body == b""
+    owner.publish("sip:alice@127.0.0.1", _pidf_in_sphere("sip:alice@127.0.0.1", "work", "in the office"),
+                  etag=r.get("sip-etag"))
+    seen = bob.notifies(dlg, window=1.0)
+    assert [sub_state(x).split(";")[0] for x in seen] == ["active"]
+    assert b"in the office" in seen[0].body

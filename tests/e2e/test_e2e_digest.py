@@ -66,3 +66,49 @@ def test_auth_without_database_is_a_startup_error(tmp_path):
     r = cli("serve", "--listen", "udp:127.0.0.1:0", "--db-url", "memory", "--set", "auth.require=PUBLISH")
     assert r.returncode == 2
     assert "subscriber" in r.stderr
+
+
+def _publish_as(phone, user: str, password: str):
+    uri = f"sip:{user}@127.0.0.1"
+    chal = _challenge(phone.publish(uri, pidf(uri), from_uri=uri))
+    cred = authorization(chal, user, password, "PUBLISH", uri, alg="MD5")
+    return phone.publish(uri, pidf(uri), extra=[("Authorization", cred)], from_uri=uri)
+
+
+def test_user_added_while_running_can_publish_at_once(auth_server, tmp_path):
+    """No waiting for the periodic credentials reload: an unknown username is looked up."""
+    import time
+
+    r = cli("user", "add", "dave@127.0.0.1", "pw-dave", "--db-url", f"sqlite://{tmp_path}/auth.db")
+    assert r.returncode == 0, r.stderr
+    started = time.monotonic()
+    dave = Phone(auth_server.port, user="dave")
+    assert _publish_as(dave, "dave", "pw-dave").status == 200
+    assert time.monotonic() - started < 1.0
+
+
+def test_unknown_username_is_not_looked_up_again_for_a_few_seconds(auth_server, tmp_path):
+    import time
+
+    phone = Phone(auth_server.port, user="carol")
+    failed_at = time.monotonic()
+    assert _publish_as(phone, "carol", "pw-carol").status == 401  # not a user yet
+    r = cli("user", "add", "carol@127.0.0.1", "pw-carol", "--db-url", f"sqlite://{tmp_path}/auth.db")
+    assert r.returncode == 0, r.stderr
+    if time.monotonic() - failed_at < 4:
+        assert _publish_as(phone, "carol", "pw-carol").status == 401  # negative cache: no new lookup yet
+    time.sleep(max(0.0, failed_at + 5.3 - time.monotonic()))
+    resp = _publish_as(phone, "carol", "pw-carol")
+    assert resp.status == 200 and resp.get("sip-etag")
+
+
+def test_unknown_users_are_refused_quickly(auth_server):
+    import time
+
+    phone = Phone(auth_server.port, user="x")
+    started = time.monotonic()
+    for i in range(5):
+        assert _publish_as(phone, f"ghost{i}", "pw").status in (401, 403)
+    assert time.monotonic() - started < 3
+    # alice (cached) is unaffected
+    assert _publish_as(Phone(auth_server.port, user="alice"), "alice", "s3cret").status == 200

@@ -304,3 +304,20 @@ async def test_start_up_pages_return_every_live_row_once(store):
     got = [pair for p in pages for pair in p]
     assert sorted(r.callid for r, _ in got) == sorted(s.callid for s in subs)
     assert sum(ext is not None for _, ext in got) == 2
+
+
+async def test_delete_expired_purges_day_old_pending_authorizations(store):
+    day = 86400
+    await store.write(
+        Batch(
+            auth_upserts=[
+                auth(watcher_username="old-pending", status=2, inserted_time=NOW - day - 1),
+                auth(watcher_username="young-pending", status=2, inserted_time=NOW - day + 60),
+                auth(watcher_username="old-active", status=1, inserted_time=NOW - 10 * day),
+                auth(watcher_username="old-terminated", status=3, reason="rejected", inserted_time=NOW - 10 * day),
+            ]
+        )
+    )
+    await store.delete_expired(NOW)
+    left = sorted(r.watcher_username for r in await store.load_watchers())
+    assert left == ["old-active", "old-terminated", "young-pending"]

@@ -31,14 +31,17 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 import time
+import urllib.parse
 from typing import Any, Callable
 
 from presenced.core.engine import Reply, RequestContext
 from presenced.core.server import SipCore
 from presenced.events.base import EventPackage
 from presenced.events.formats import pidf
+from presenced.sip.errors import SipParseError
 from presenced.sip.message import Request
 from presenced.transaction.layer import Address, ServerTransaction
 
@@ -75,9 +78,35 @@ class Presence:
     def pres_refresh_watchers(
         self, uri: str, event: str, type: int, file_uri: str | None = None, filename: str | None = None
     ) -> int:
-        if type not in (0, 1, 2):
-            raise ValueError("type must be 0 (authorization), 1 or 2 (state)")
-        return self.engine.pres_refresh_watchers(uri, event, type, self.clock())
+        """Kamailio's three types; bad arguments raise ValueError with the reason.
+
+        0: re-authorize the watchers against the presentity's pres-rules (there
+        must be a document); 1: NOTIFY the current state to every active
+        watcher; 2 (file_uri and filename): the PIDF document at file_uri (a
+        file:// URI or a path) becomes the never-expiring publication with
+        ETag `filename` (an empty file removes it), then as 1.
+        Returns the number of watchers changed (0) or notified (1, 2).
+        """
+        check_refresh_args(type, file_uri, filename)
+        pkg = self.core.registry.get(event)
+        if pkg is None:
+            raise ValueError(f"unknown event package {event!r}")
+        try:
+            pres = self.engine.presentity_key(uri)
+        except SipParseError as e:
+            raise ValueError(f"invalid presentity URI {uri!r}: {e.reason}") from None
+        now = self.clock()
+        if type == 0:
+            auth = self.core.authorizer
+            if auth is None or not auth.has_rules(pres):
+                raise ValueError(f"{pres} has no pres-rules document: nothing to re-evaluate")
+            return self.engine.pres_refresh_watchers(pres, pkg.key, 0, now)
+        if type == 1:
+            return self.engine.pres_refresh_watchers(pres, pkg.key, 1, now)
+        assert file_uri is not None and filename is not None
+        self.engine.set_hard_state(pres, pkg.key, filename, read_hard_state(file_uri_path(file_uri)), now)
+        self.engine.drain_fanout(now)
+        return active_watchers(self.engine, pres, pkg.key)
 
     def pres_check_basic(self, presentity_uri: str, status: str) -> bool:
         return pidf.pres_check_basic(self.engine.composed_bodies(presentity_uri, "presence", self.clock()), status)
@@ -88,6 +117,57 @@ class Presence:
     def register_event(self, package: EventPackage) -> None:
         """Add an event package (Kamailio's add_event) to the running core."""
         self.core.registry.register(package)
+
+
+MAX_DOCUMENT = 256 * 1024  # the largest PUBLISH body a TCP peer may send
+
+
+class DocumentNotFound(ValueError):
+    pass
+
+
+def check_refresh_args(type_: int, file_uri: str | None, filename: str | None) -> None:
+    """Kamailio's rule: type 2 only in the 5-argument form, and only type 2 there."""
+    if isinstance(type_, bool) or type_ not in (0, 1, 2):
+        raise ValueError("type must be 0 (authorization), 1 (state) or 2 (hard state from a file)")
+    if type_ == 2:
+        if not file_uri or not filename:
+            raise ValueError("type 2 needs file_uri and filename")
+    elif file_uri is not None or filename is not None:
+        raise ValueError(f"file_uri and filename are only valid with type 2, not type {type_}")
+
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def file_uri_path(file_uri: str) -> str:
+    """`file:///x`, `file://localhost/x` or a plain path → the path; anything else is refused."""
+    if file_uri.lower().startswith("file:"):
+        parts = urllib.parse.urlsplit(file_uri)
+        if parts.netloc not in ("", "localhost") or not parts.path:
+            raise ValueError(f"file_uri {file_uri!r}: only local files (file:///path) can be read")
+        return urllib.parse.unquote(parts.path)
+    if _SCHEME.match(file_uri):
+        raise ValueError(f"file_uri {file_uri!r}: must be a file:// URI or a path (no other scheme is fetched)")
+    return file_uri
+
+
+def read_hard_state(path: str) -> bytes | None:
+    """The document at `path`; None for an empty file (removes the hard state)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_DOCUMENT + 1)
+    except FileNotFoundError:
+        raise DocumentNotFound(f"{path}: no such file") from None
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(data) > MAX_DOCUMENT:
+        raise ValueError(f"{path} is larger than {MAX_DOCUMENT} bytes")
+    return data if data.strip() else None
+
+
+def active_watchers(engine: Any, pres: str, event: str) -> int:
+    return sum(1 for s in engine.subs_by_presentity.get((pres, event), {}).values() if s.status == "active")
 
 
 class RouteContext:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from presenced import __version__
+from presenced.core.engine import HARD_STATE_SECONDS
 from presenced.sip.errors import SipParseError
 
 log = logging.getLogger("presenced.rpc")
@@ -56,7 +57,6 @@ MUTATING = frozenset({
     "presence.cleanup", "presence.refreshWatchers", "presence.updateWatchers", "presence.publish_cache_sync",
 })
 PIDF_MANIPULATION = 1 << 4   # Kamailio xcap doc_type
-HARD_STATE_SECONDS = 10 * 365 * 86400  # "never expires" (Kamailio stores expires = -1)
 
 
 class RpcError(Exception):
@@ -305,6 +305,9 @@ class RpcService:
             engine._publication_expired(now, pub)
         for sub in [s for s in engine.subs_by_dialog.values() if s.expires_at <= now]:
             engine._subscription_expired(now, sub)
+        from presenced.storage.base import PENDING_AUTH_MAX_AGE
+
+        engine.purge_pending_watchers(now, PENDING_AUTH_MAX_AGE)
         self._flush()
         p = getattr(self.server, "persistence", None)
         if p is not None:
@@ -320,27 +323,28 @@ class RpcService:
 
     async def presence_refresh_watchers(self, uri: str, event: str, type_: int,
                                         file_uri: str | None, filename: str | None) -> dict[str, Any]:
+        from presenced.api.presence import active_watchers, check_refresh_args
+
         if not event.strip():
             raise RpcError(INVALID_PARAMS, "Empty event parameter")
         pres = self._presentity(uri)
-        if type_ not in (0, 1, 2):
-            raise RpcError(INVALID_PARAMS, "type must be 0 (authorization), 1 (state) or 2 (hard state from file)")
-        if type_ == 2:
-            if not file_uri or not filename:
-                raise RpcError(INVALID_PARAMS, "No file uri or name parameters")
-        elif file_uri is not None or filename is not None:
-            raise RpcError(INVALID_PARAMS, f"file_uri and filename are only valid with type 2, not type {type_}")
+        try:
+            check_refresh_args(type_, file_uri, filename)
+        except ValueError as e:
+            raise RpcError(INVALID_PARAMS, str(e)) from None
         pkg = self._package(event)
         if type_ == 0:
             await self._reload_rules(pres)
+            auth = self.core.authorizer
+            if auth is None or not auth.has_rules(pres):
+                raise RpcError(NOT_FOUND, f"{pres} has no pres-rules document: nothing to re-evaluate")
             n = self.engine.pres_refresh_watchers(pres, pkg.key, 0, self._now())
             self._flush()
             return {"changed": n}
         if type_ == 2:
             stored = await self._hard_state(pres, pkg, file_uri or "", filename or "")
-            n = len([s for s in self.engine.subs_by_presentity.get((pres, pkg.key), {}).values() if s.status == "active"])
             self._flush()
-            return {"publication": stored, "notified": n}
+            return {"publication": stored, "notified": active_watchers(self.engine, pres, pkg.key)}
         n = self.engine.pres_refresh_watchers(pres, pkg.key, 1, self._now())
         self._flush()
         return {"notified": n}
@@ -357,50 +361,42 @@ class RpcService:
             raise RpcError(FAULT, f"loading pres-rules of {pres} failed: {e}") from None
 
     async def _hard_state(self, pres: str, pkg: Any, file_uri: str, filename: str) -> str:
-        """refreshWatchers type 2: the xcap pidf-manipulation document becomes a
-        publication with ETag `filename` that never expires (or is removed)."""
-        from presenced.core.state import Publication
+        """refreshWatchers type 2. The document comes from a local file (file:// or
+        a path that exists) or else, with a database, from the presentity's
+        pidf-manipulation row in the xcap table, which is where Kamailio reads it
+        (there file_uri is the XCAP document URI). No document removes the
+        publication `filename`."""
+        import os
+
+        from presenced.api.presence import DocumentNotFound, file_uri_path, read_hard_state
         from presenced.runtime.persistence import bounded, split_aor
 
+        try:
+            path = file_uri_path(file_uri)
+        except ValueError as e:
+            raise RpcError(INVALID_PARAMS, str(e)) from None
         p = getattr(self.server, "persistence", None)
-        if p is None:
-            raise RpcError(FAULT, "type 2 needs a database: pidf-manipulation documents live in the xcap table")
-        ctype = "application/pidf+xml"
-        if ctype not in pkg.content_types:
-            raise RpcError(FAULT, f"pidf-manipulation not supported for {pkg.key}")
-        user, domain = split_aor(pres)
+        doc: bytes | None
+        if file_uri.lower().startswith("file:") or os.path.exists(path) or p is None:
+            try:
+                doc = read_hard_state(path)
+            except DocumentNotFound as e:
+                raise RpcError(NOT_FOUND, f"{e} (and no database to look up an XCAP document)"
+                               if p is None else str(e)) from None
+            except ValueError as e:
+                raise RpcError(FAULT, str(e)) from None
+        else:
+            user, domain = split_aor(pres)
+            try:
+                row = await bounded(p.store.get_xcap(user, domain, PIDF_MANIPULATION), p.write_timeout)
+            except Exception as e:
+                raise RpcError(FAULT, f"retrieving pidf-manipulation document failed: {e}") from None
+            doc = bytes(row.doc) if row is not None and row.doc else None
         try:
-            row = await bounded(p.store.get_xcap(user, domain, PIDF_MANIPULATION), p.write_timeout)
-        except Exception as e:
-            raise RpcError(FAULT, f"retrieving pidf-manipulation document failed: {e}") from None
-        engine = self.engine
-        now = self._now()
-        key = (pres, pkg.key)
-        old = engine.etags.get(filename)
-        if row is None or not row.doc:
-            if old is not None and (old.pres_uri, old.event) == key:
-                engine._remove_publication(old)
-                engine.state_changed(pres, pkg.key, now)
-            return "removed"
-        doc = bytes(row.doc)
-        try:
-            pkg.validate(doc, ctype)
-        except Exception as e:
-            raise RpcError(FAULT, f"invalid pidf-manipulation document: {e}") from None
-        if old is not None:
-            engine._remove_publication(old)
-        engine._pub_seq += 1
-        pub = Publication(
-            etag=filename, pres_uri=pres, entity=pres, event=pkg.key, body=doc, content_type=ctype,
-            expires_at=now + HARD_STATE_SECONDS, received=now, seq=engine._pub_seq, sender=None,
-        )
-        engine.publications.setdefault(key, {})[filename] = pub
-        engine.etags[filename] = pub
-        if engine.journal is not None:
-            engine.journal.pub_saved(pub)
-        engine._arm_publication(pub)
-        engine.state_changed(pres, pkg.key, now)
-        return "stored"
+            result = self.engine.set_hard_state(pres, pkg.key, filename, doc, self._now())
+        except ValueError as e:
+            raise RpcError(FAULT, str(e)) from None
+        return "stored" if result == "stored" else "removed"
 
     async def presence_update_watchers(self, uri: str, event: str) -> dict[str, Any]:
         pres = self._presentity(uri)

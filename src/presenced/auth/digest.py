@@ -461,6 +461,9 @@ class DigestAuthenticator:
             st.locked_until = now + self.lockout
             f.clear()
 
+    def locked_out(self, source: str, now: float) -> bool:
+        return self._lock_remaining(source, now) is not None
+
     def failures(self, source: str, now: float) -> int:
         """Failures counted for `source` in the current window (0 while locked out)."""
         st = self._sources.get(source)
@@ -479,6 +482,13 @@ class DigestAuthenticator:
                 self._nc_floor = old_issued
 
     # -- verification ----------------------------------------------------------
+    def claimed_user(self, request: _RequestLike, realm: str | None = None) -> tuple[str, str] | None:
+        """(user, domain) that `verify` would look up for this request, without checking anything."""
+        realm = self.realm if realm is None else realm
+        params, _ = self._select(request, realm, None)
+        username = params.get("username") if params is not None else None
+        return _split_username(username, realm) if username else None
+
     def _select(self, request: _RequestLike, realm: str, header: str | None) -> tuple[dict[str, str] | None, str]:
         names = (header,) if header is not None else ("authorization", "proxy-authorization")
         values: list[str] = []
@@ -529,13 +539,7 @@ class DigestAuthenticator:
             return AuthResult(False, reason=why)
 
         username = params.get("username")
-        user = domain = None
-        if username:
-            at = username.rfind("@")
-            if at > 0 and at < len(username) - 1:
-                user, domain = username[:at], username[at + 1 :]
-            else:
-                user, domain = username, realm
+        user, domain = _split_username(username, realm) if username else (None, None)
 
         def fail(reason: str) -> AuthResult:
             self._record_failure(source, now)
@@ -624,6 +628,13 @@ class DigestAuthenticator:
                 idle.append(src)
         for src in idle:
             del self._sources[src]
+
+
+def _split_username(username: str, realm: str) -> tuple[str, str]:
+    at = username.rfind("@")
+    if 0 < at < len(username) - 1:
+        return username[:at], username[at + 1 :]
+    return username, realm
 
 
 def _uri_matches(digest_uri: str, request_uri: str) -> bool:

@@ -9,6 +9,9 @@ Evaluation is pure: `now` comes from the engine.
   matching rule gives the null permission, i.e. `block` (rejected).
 - A presentity without a document: the operator's `no_rules_policy`
   (Kamailio's behaviour, `pending`, by default).
+- With `enable_sphere_check`, `<sphere>` conditions see the sphere of the
+  current PIDF publications; when a state change moves it, every watcher of
+  the presentity is re-authorized (`publication_changed`).
 """
 
 from __future__ import annotations
@@ -43,9 +46,12 @@ class RulesAuthorizer:
         self.no_rules_policy = no_rules_policy
         self.sphere_check = sphere_check
         self.rules: dict[str, Ruleset] = {}
+        # The sphere the presentity's watchers were last authorized with.
+        self.spheres: dict[str, str | None] = {}
 
     def set_document(self, presentity: str, doc: bytes | None) -> None:
         """Install (or with None remove) the pres-rules of a presentity AoR."""
+        self.spheres.pop(presentity, None)
         if doc is None:
             self.rules.pop(presentity, None)
             return
@@ -65,13 +71,30 @@ class RulesAuthorizer:
         now_unix = self.engine._now_hint() + self.engine.wall_offset
         sphere = None
         if self.sphere_check:
-            sphere = compute_sphere(self.engine.composed_bodies(pres_uri, "presence", self.engine._now_hint()))
+            sphere = self.current_sphere(pres_uri)
+            self.spheres[pres_uri] = sphere
         decision: Decision | None = evaluate(ruleset, watcher_uri, pres_uri, now_unix=now_unix, sphere=sphere)
         if sub is not None:
             sub.extra["transformations"] = decision.transformations if decision is not None else None
         if decision is None:
             return "terminated", "rejected"
         return decision_to_status(decision)
+
+    def current_sphere(self, pres_uri: str) -> str | None:
+        return compute_sphere(self.engine.composed_bodies(pres_uri, "presence", self.engine._now_hint()))
+
+    def publication_changed(self, pres_uri: str, event: str, now: float) -> None:
+        """Engine hook: re-authorize the watchers when the published sphere moved."""
+        if not self.sphere_check or event != "presence" or pres_uri not in self.rules:
+            return
+        if not self.engine.subs_by_presentity.get((pres_uri, "presence")):
+            return  # nobody to re-authorize; the next SUBSCRIBE evaluates afresh
+        sphere = self.current_sphere(pres_uri)
+        if pres_uri in self.spheres and self.spheres[pres_uri] == sphere:
+            return
+        self.spheres[pres_uri] = sphere
+        log.info("sphere of %s is now %s: re-authorizing its watchers", pres_uri, sphere or "undefined")
+        self.engine.pres_update_watchers(pres_uri, "presence", now)
 
     def has_rules(self, pres_uri: str) -> bool:
         return pres_uri in self.rules

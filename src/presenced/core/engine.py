@@ -8,6 +8,7 @@ deadline in the shared TimerHeap (no periodic table scans).
 
 from __future__ import annotations
 
+import base64
 import logging
 import secrets
 from collections import deque
@@ -27,6 +28,7 @@ from presenced.transaction.timers import TimerHeap
 log = logging.getLogger("presenced.engine")
 
 UDP_MTU_LIMIT = 1300  # RFC 3261 §18.1.1
+HARD_STATE_SECONDS = 10 * 365 * 86400  # "never expires" (Kamailio stores expires = -1)
 
 
 @dataclass(slots=True)
@@ -98,6 +100,10 @@ class PresenceEngine:
         self.subs_by_dialog: dict[tuple, Subscription] = {}
         self.subs_by_presentity: dict[tuple[str, str], dict[tuple, Subscription]] = {}
         self.watchers: dict[tuple[str, str, str], tuple[str, str | None]] = {}
+        # When each decision was made (inserted_time), and the pending ones by
+        # (presentity, package): a pending watcher without a dialog is "waiting".
+        self.watcher_since: dict[tuple[str, str, str], float] = {}
+        self._pending_watchers: dict[tuple[str, str], set[str]] = {}
         self._composed: dict[tuple[str, str], VersionedBody | None] = {}
         self._key_cache: dict[str, str] = {}
         self._fanout: deque[tuple[Subscription, EventPackage]] = deque()
@@ -121,6 +127,9 @@ class PresenceEngine:
         # with the time since that PUBLISH was accepted (fan-out queueing
         # included). None (the default) = nothing is stamped or measured.
         self.on_notify_latency: Callable[[str, float], None] | None = None
+        # (pres_uri, package key, now) after a state change's NOTIFYs are queued; the
+        # authorizer uses it to re-authorize watchers when the published sphere changes.
+        self.on_publication_changed: Callable[[str, str, float], None] | None = None
         self.stats: dict[str, int] = {
             "notify_sent": 0, "notify_failed": 0, "notify_timeout": 0,
             "publications_expired": 0, "subscriptions_expired": 0,
@@ -250,11 +259,11 @@ class PresenceEngine:
 
     def _store_publication(
         self, key: tuple[str, str], entity: str, pkg: EventPackage, body: bytes, ctype: str,
-        now: float, expires: int, sender: str | None,
+        now: float, expires: int, sender: str | None, etag: str | None = None,
     ) -> Publication:
         self._pub_seq += 1
         pub = Publication(
-            etag=new_etag(), pres_uri=key[0], entity=entity, event=pkg.key, body=body,
+            etag=etag or new_etag(), pres_uri=key[0], entity=entity, event=pkg.key, body=body,
             content_type=ctype, expires_at=now + expires, received=now, seq=self._pub_seq, sender=sender,
         )
         if not pkg.composes:
@@ -356,6 +365,10 @@ class PresenceEngine:
                 continue  # already queued: it will carry the newest state (coalesced)
             pending.add(sub.key)
             queue.append((sub, pkg))
+        if self.on_publication_changed is not None:
+            # Before the queue drains: a watcher this change de-authorizes is
+            # removed (or silenced) before it could see the new state.
+            self.on_publication_changed(key[0], pkg.key, now)
 
     @property
     def fanout_backlog(self) -> int:
@@ -552,10 +565,47 @@ class PresenceEngine:
         except SipParseError:
             return uri
 
-    def _set_watcher(self, wkey: tuple[str, str, str], decision: tuple[str, str | None]) -> None:
+    def _set_watcher(self, wkey: tuple[str, str, str], decision: tuple[str, str | None], since: float | None = None) -> None:
         self.watchers[wkey] = decision
+        self.watcher_since[wkey] = self._now_hint() if since is None else since
+        pk = (wkey[0], wkey[1])
+        if decision[0] == "pending":
+            self._pending_watchers.setdefault(pk, set()).add(wkey[2])
+        else:
+            self._drop_pending(pk, wkey[2])
         if self.journal is not None:
             self.journal.auth_saved(wkey, decision)
+
+    def _drop_pending(self, pk: tuple[str, str], watcher: str) -> None:
+        group = self._pending_watchers.get(pk)
+        if group is not None:
+            group.discard(watcher)
+            if not group:
+                del self._pending_watchers[pk]
+
+    def purge_pending_watchers(self, now: float, max_age: float = 86400.0) -> int:
+        """Forget pending decisions older than `max_age` (Kamailio's watchers cleaner)."""
+        old = [
+            (pres, event, w)
+            for (pres, event), group in self._pending_watchers.items()
+            for w in group
+            if self.watcher_since.get((pres, event, w), now) < now - max_age
+        ]
+        for wkey in old:
+            self.watchers.pop(wkey, None)
+            self.watcher_since.pop(wkey, None)
+            self._drop_pending((wkey[0], wkey[1]), wkey[2])
+            if self.journal is not None:
+                self.journal.auth_saved(wkey, None)
+        return len(old)
+
+    def _waiting_watchers(self, pres: str, event: str) -> list[str]:
+        """Pending watchers of pres/event whose subscription has gone (RFC 3857 "waiting")."""
+        group = self._pending_watchers.get((pres, event))
+        if not group:
+            return []
+        live = {self._watcher_key(s.watcher_uri) for s in self.subs_by_presentity.get((pres, event), {}).values()}
+        return sorted(w for w in group if w not in live)
 
     def _add_subscription(self, sub: Subscription) -> None:
         self.adopt_subscription(sub)
@@ -784,11 +834,20 @@ class PresenceEngine:
         from presenced.events.formats.watcherinfo import WatcherEntry
 
         status = "terminated" if terminated or w.status == "terminated" else w.status
+        if status == "terminated" and w.status == "pending" and self.watchers.get(
+            (w.pres_uri, w.event, self._watcher_key(w.watcher_uri)), ("",))[0] == "pending":
+            status = "waiting"  # RFC 3857 §3.3: a pending subscription that ended
         return WatcherEntry(
             id=w.watcher_id, uri=w.watcher_uri, status=status, event=w.watcher_event,
             display_name=w.watcher_display, expiration=max(0, int(w.expires_at - now)),
             duration_subscribed=max(0, int(now - w.created)),
         )
+
+    def _waiting_entry(self, watcher: str):
+        from presenced.events.formats.watcherinfo import WatcherEntry
+
+        wid = base64.b64encode(watcher.encode("utf-8", "surrogateescape")).decode("ascii")
+        return WatcherEntry(id=wid, uri=watcher, status="waiting", event="timeout")
 
     def _winfo_body(self, wsub: Subscription, wpkg: EventPackage, now: float, changed: Subscription | None, terminated: bool = False) -> bytes:
         watched = self.subs_by_presentity.get((wsub.pres_uri, wpkg.name), {})
@@ -796,6 +855,8 @@ class PresenceEngine:
             entries = [self._winfo_entry(w, now) for w in watched.values()]
             if changed is not None and changed.key not in watched:
                 entries.append(self._winfo_entry(changed, now, terminated))
+            entries.extend(self._waiting_entry(w) for w in self._waiting_watchers(wsub.pres_uri, wpkg.name)
+                           if changed is None or changed.key in watched or self._watcher_key(changed.watcher_uri) != w)
             state = "full"
             wsub.winfo_full_sent = True
         else:
@@ -833,6 +894,8 @@ class PresenceEngine:
         status, reason = known
         if status == "active":
             return 5 if reason == "polite-block" else 1
+        if status == "pending" and wkey[2] in self._waiting_watchers(wkey[0], "presence"):
+            return 4
         return {"pending": 2, "terminated": 3, "waiting": 4}.get(status, 2)
 
     def set_watcher_status(self, presentity_uri: str, event: str, watcher_uri: str, status: str, reason: str | None, now: float) -> int:
@@ -880,6 +943,38 @@ class PresenceEngine:
         for s in subs:
             self._safe_notify(s, pkg, now)
         return len(subs)
+
+    def set_hard_state(self, uri: str, event: str, etag: str, body: bytes | None, now: float) -> str:
+        """pres_refresh_watchers type 2: `body` becomes the never-expiring publication
+        `etag` of uri/event (None removes it); watchers are told as for a PUBLISH.
+        Returns 'stored', 'removed' or 'absent'. ValueError on a bad package, ETag or body."""
+        pkg = self.registry.get(event)
+        if pkg is None or not pkg.publishable or pkg.template is not None:
+            raise ValueError(f"event {event!r} does not take publications")
+        ctype = "application/pidf+xml"
+        if ctype not in pkg.content_types:
+            raise ValueError(f"pidf-manipulation documents are PIDF; {pkg.key} does not take {ctype}")
+        if not etag or any(c.isspace() for c in etag):
+            raise ValueError("the filename (ETag) must be non-empty without white space")
+        key = (self.presentity_key(uri), pkg.key)
+        old = self.etags.get(etag)
+        if old is not None and (old.pres_uri, old.event) != key:
+            raise ValueError(f"ETag {etag!r} belongs to another publication ({old.pres_uri}, {old.event})")
+        if body is None:
+            if old is None:
+                return "absent"
+            self._remove_publication(old)
+            self._publication_changed(key, pkg, now, None)
+            return "removed"
+        try:
+            pkg.validate(body, ctype)
+        except BodyError as e:
+            raise ValueError(f"invalid document: {e}") from None
+        if old is not None:
+            self._remove_publication(old)
+        self._store_publication(key, key[0], pkg, body, ctype, now, HARD_STATE_SECONDS, None, etag=etag)
+        self._publication_changed(key, pkg, now, None)
+        return "stored"
 
     def composed_bodies(self, uri: str, event: str, now: float) -> list[bytes]:
         key = (self.presentity_key(uri), event)

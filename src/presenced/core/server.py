@@ -37,6 +37,16 @@ def _opt(cfg: Any, section: str, name: str, default: Any) -> Any:
     return getattr(sec, name, default) if sec is not None else default
 
 
+MAX_PARKED = 256  # requests waiting for a credentials lookup, all users together
+
+
+def _credentials(row: Any) -> Any:
+    from presenced.auth import Credentials
+
+    return Credentials(row.username, row.domain, password=row.password or None, ha1=row.ha1 or None,
+                       ha1b=row.ha1b or None)
+
+
 class SipCore:
     def __init__(self, cfg: Any = None, registry: EventRegistry | None = None) -> None:
         self.cfg = cfg
@@ -66,10 +76,18 @@ class SipCore:
                 sphere_check=bool(int(_opt(cfg, "presence", "enable_sphere_check", 0))),
             )
             self.engine.authorize = self.authorizer
+            if self.authorizer.sphere_check:
+                self.engine.on_publication_changed = self.authorizer.publication_changed
         # Built-in digest authentication (RFC 3261 §22) for the methods in auth.require.
         self.auth_methods = {m.upper() for m in (_opt(cfg, "auth", "require", []) or [])}
         self.auth_realm = str(_opt(cfg, "auth", "realm", "") or "")
         self.credentials: dict[tuple[str, str], Any] = {}
+        # Set by the runtime: (user, domain) -> True when it is fetching that user's
+        # credentials; the request then waits for `credentials_fetched`.
+        self.credentials_miss: Callable[[str, str], bool] | None = None
+        self._parked: dict[tuple[str, str], list[tuple[Request, ServerTransaction, RequestContext]]] = {}
+        self._n_parked = 0
+        self._resuming = False
         self.digest = None
         if self.auth_methods:
             import secrets as _secrets
@@ -314,6 +332,9 @@ class SipCore:
             self.respond(req, st, Reply(400, e.reason), now)
             return False
         wall = now + self.engine.wall_offset
+        if (self.credentials_miss is not None and not self._resuming
+                and not self.digest.locked_out(ctx.source.host, wall) and self._park(req, st, ctx, realm)):
+            return False
         result = self.digest.verify(req, wall, self._credentials_for, ctx.source.host, realm=realm)
         if result.ok:
             ctx.identity = f"sip:{result.username}@{result.domain}"
@@ -333,16 +354,47 @@ class SipCore:
     def _credentials_for(self, username: str, domain: str):
         return self.credentials.get((username, domain.lower()))
 
+    def _park(self, req: Request, st: ServerTransaction, ctx: RequestContext, realm: str) -> bool:
+        """Hold a request whose digest username is not cached while the runtime
+        asks the database, so a user added a moment ago is not refused."""
+        assert self.digest is not None and self.credentials_miss is not None
+        claimed = self.digest.claimed_user(req, realm)
+        if claimed is None or self._credentials_for(*claimed) is not None or self._n_parked >= MAX_PARKED:
+            return False
+        key = (claimed[0], claimed[1].lower())
+        if not self.credentials_miss(claimed[0], claimed[1]):
+            return False
+        self._parked.setdefault(key, []).append((req, st, ctx))
+        self._n_parked += 1
+        return True
+
+    def credentials_fetched(self, user: str, domain: str, row: Any, now: float) -> None:
+        """The runtime's lookup finished (`row` None: no such user): cache it and
+        let the requests that waited for it through authentication again."""
+        self.engine._last_now = now
+        if row is not None:
+            self.credentials[(row.username, row.domain.lower())] = _credentials(row)
+        waiting = self._parked.pop((user, domain.lower()), [])
+        self._n_parked -= len(waiting)
+        self._resuming = True
+        try:
+            for req, st, ctx in waiting:
+                CALL_ID.set(req.get("call-id"))
+                try:
+                    self._dispatch(req, st, ctx, now)
+                except Exception:
+                    log.exception("internal error handling %s %s", req.method, req.get("call-id"))
+                    self.stats["internal_errors"] += 1
+                    if st.last_response is None:
+                        self.respond(req, st, Reply(500, "Server Internal Error", [("Retry-After", "5")]), now)
+        finally:
+            self._resuming = False
+        if self.engine._fanout:
+            self.engine.drain_fanout(now, self.fanout_batch)
+
     def load_credentials(self, rows) -> None:
         """Replace the credential cache from `subscriber` rows."""
-        from presenced.auth import Credentials
-
-        self.credentials = {
-            (r.username, r.domain.lower()): Credentials(
-                r.username, r.domain, password=r.password or None, ha1=r.ha1 or None, ha1b=r.ha1b or None
-            )
-            for r in rows
-        }
+        self.credentials = {(r.username, r.domain.lower()): _credentials(r) for r in rows}
 
     def default_route(self, req: Request, st: ServerTransaction, ctx: RequestContext, now: float) -> None:
         method = req.method

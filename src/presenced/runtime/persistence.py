@@ -140,8 +140,11 @@ def restore(engine: PresenceEngine, pubs: list[PresentityRow], subs: list, watch
             engine.adopt_subscription(sub)
             n_sub += 1
     for w in watchers:
-        engine.watchers[(w.presentity_uri, w.event, join_aor(w.watcher_username, w.watcher_domain))] = (
-            CODE_STATUS.get(w.status, "pending"), w.reason or None,
+        engine._set_watcher(
+            (w.presentity_uri, w.event, join_aor(w.watcher_username, w.watcher_domain)),
+            # 4 (waiting) is not a decision: it is a pending watcher without a dialog
+            (CODE_STATUS.get(w.status, "pending") if w.status != 4 else "pending", w.reason or None),
+            since=w.inserted_time - engine.wall_offset,
         )
     return n_pub, n_sub
 

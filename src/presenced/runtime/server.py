@@ -24,6 +24,10 @@ from presenced.transport.udp import UdpListener, start_udp
 
 log = logging.getLogger("presenced.runtime")
 
+CREDENTIALS_NEGATIVE_TTL = 5.0   # seconds an unknown username is not looked up again
+CREDENTIALS_LOOKUP_RATE = 20     # database lookups of unknown usernames per second (burst as many)
+CREDENTIALS_LOOKUP_TIMEOUT = 2.0
+
 
 def _is_ip(host: str) -> bool:
     try:
@@ -69,6 +73,10 @@ class Server:
         self.shared: Any = None  # runtime/shared.py, in the DB-only modes
         self._sync_queue: asyncio.Queue | None = None
         self.reload_config: Any = None  # set by the CLI: () -> Config
+        self._cred_inflight: set[tuple[str, str]] = set()
+        self._cred_negative: dict[tuple[str, str], float] = {}  # unknown user -> retry after
+        self._cred_tokens = float(CREDENTIALS_LOOKUP_RATE)
+        self._cred_refill = 0.0
         # HTTP management API (JSON-RPC, /metrics, /health): built here so a bad
         # http.listen/http.token combination fails before anything binds.
         self.http: Any = None
@@ -93,6 +101,9 @@ class Server:
                 real = srv.sockets[0].getsockname()[1] if srv.sockets else port
                 self.bound.append(("tcp", host, real))
         self._housekeeping = self.loop.create_task(self._housekeeping_loop())
+        clean_period = int(getattr(getattr(self.cfg, "presence", None), "clean_period", 100))
+        if clean_period > 0:
+            self._tasks.add(self.loop.create_task(self._purge_pending_watchers(clean_period)))
         # Presence state is many long-lived small objects: move what exists now
         # out of the collector's sight and make full collections rarer, so the
         # cyclic GC does not rescan every subscription under load.
@@ -134,6 +145,7 @@ class Server:
         if self.core.auth_methods:
             await self.load_credentials()
             self._tasks.add(self.loop.create_task(self._refresh_credentials()))
+            self.core.credentials_miss = self._credentials_miss
         self._arm_timer()
         log.info("storage %s: restored %d publications and %d subscriptions", store.url, n_pub, n_sub)
 
@@ -165,8 +177,53 @@ class Server:
         self.core.load_credentials(rows)
         return len(rows)
 
+    def _credentials_miss(self, user: str, domain: str) -> bool:
+        """Core hook for an unknown digest username: start (or join) a lookup of
+        that one user; False when a lookup is not allowed now (the core then
+        answers 401 at once). Per username at most one lookup per
+        CREDENTIALS_NEGATIVE_TTL; all together CREDENTIALS_LOOKUP_RATE per second."""
+        assert self.loop is not None and self.persistence is not None
+        key = (user, domain.lower())
+        if key in self._cred_inflight:
+            return True
+        now = self.loop.time()
+        until = self._cred_negative.get(key)
+        if until is not None:
+            if until > now:
+                return False
+            del self._cred_negative[key]
+        burst = CREDENTIALS_LOOKUP_RATE
+        self._cred_tokens = min(burst, self._cred_tokens + (now - self._cred_refill) * CREDENTIALS_LOOKUP_RATE)
+        self._cred_refill = now
+        if self._cred_tokens < 1:
+            return False
+        self._cred_tokens -= 1
+        self._cred_inflight.add(key)
+        self._spawn(self._fetch_credentials(user, domain, key))
+        return True
+
+    async def _fetch_credentials(self, user: str, domain: str, key: tuple[str, str]) -> None:
+        assert self.loop is not None and self.persistence is not None
+        row = None
+        try:
+            row = await asyncio.wait_for(self.persistence.store.get_subscriber(user, domain), CREDENTIALS_LOOKUP_TIMEOUT)
+        except Exception as e:
+            log.warning("looking up credentials of %s@%s failed: %s", user, domain, str(e) or type(e).__name__)
+        finally:
+            self._cred_inflight.discard(key)
+        now = self.loop.time()
+        if row is None:
+            if len(self._cred_negative) >= 10_000:
+                self._cred_negative = {k: t for k, t in self._cred_negative.items() if t > now}
+            self._cred_negative[key] = now + CREDENTIALS_NEGATIVE_TTL
+        else:
+            log.info("credentials of %s@%s loaded on first use", user, domain)
+        self.core.credentials_fetched(user, domain, row, now)
+        self._flush()
+
     async def _refresh_credentials(self, period: float = 30.0) -> None:
-        # Users added with `presenced user add` are picked up within `period`.
+        # Also catches changed passwords and removed users (unknown users are
+        # looked up at once by _credentials_miss).
         while True:
             await asyncio.sleep(period)
             try:
@@ -201,7 +258,8 @@ class Server:
             t.cancel()
 
     async def serve_forever(self) -> None:
-        await self.start()
+        # Signal handlers first: a SIGTERM that arrives while the sockets are
+        # already answering but start() has not returned must still stop cleanly.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -214,6 +272,7 @@ class Server:
                 loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
             except (NotImplementedError, RuntimeError):
                 pass
+        await self.start()
         await stop.wait()
         log.info("shutting down")
         await self.stop()
@@ -259,6 +318,17 @@ class Server:
         self.cfg = new
         log.warning("SIGHUP: reloaded; applied: %s; need a restart: %s",
                     ", ".join(applied) or "nothing", ", ".join(refused) or "nothing")
+
+    async def _purge_pending_watchers(self, period: float) -> None:
+        # The in-memory half of Kamailio's watchers cleaner (the database half is
+        # Store.delete_expired): a pending decision older than a day is forgotten.
+        from presenced.storage.base import PENDING_AUTH_MAX_AGE
+
+        assert self.loop is not None
+        while True:
+            await asyncio.sleep(period)
+            if self.core.engine.purge_pending_watchers(self.loop.time(), PENDING_AUTH_MAX_AGE):
+                self._flush()
 
     async def _housekeeping_loop(self) -> None:
         while True:

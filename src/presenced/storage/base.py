@@ -21,6 +21,8 @@ Subscription = tuple[ActiveWatcherRow, SubscriptionExtRow | None]
 
 _SECRET_PARAMS = {"password", "pass", "passwd", "pwd"}
 
+PENDING_AUTH_MAX_AGE = 86400  # Kamailio deletes pending `watchers` rows after a day
+
 
 class StoreError(Exception):
     """A storage operation failed. The message names the URL without its password."""
@@ -138,8 +140,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def delete_expired(self, now: int) -> tuple[int, int]:
-        """Delete presentity rows with 0 < expires < now and active_watchers rows with
-        expires < now (and their ext rows). Returns (presentities, watchers) deleted."""
+        """Delete presentity rows with 0 < expires < now, active_watchers rows with
+        expires < now (and their ext rows) and `watchers` rows pending since before
+        now - PENDING_AUTH_MAX_AGE. Returns (presentities, active_watchers) deleted."""
 
     # --- DB-only lookups --------------------------------------------------------------
 

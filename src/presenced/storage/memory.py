@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 
 from presenced.storage import schema
-from presenced.storage.base import Store, StoreError, Subscription
+from presenced.storage.base import PENDING_AUTH_MAX_AGE, Store, StoreError, Subscription
 from presenced.storage.rows import (
     ActiveWatcherRow,
     Batch,
@@ -180,6 +180,8 @@ class MemoryStore(Store):
         subs = [k for k, r in self._aw.items() if r.expires < now]
         for k in subs:
             self._aw_del(k)
+        for k in [k for k, r in self._auth.items() if r.status == 2 and r.inserted_time < now - PENDING_AUTH_MAX_AGE]:
+            del self._auth[k]
         return len(pres), len(subs)
 
     # --- xcap -------------------------------------------------------------------------

@@ -406,6 +406,8 @@ class Queries:
             # watchers (authorisation)
             "auths": f"SELECT {W} FROM {w}",
             "auth_upsert": _upsert(dialect, w, WATCHERS.data_columns, WATCHERS.indexes[0].columns),
+            # Kamailio's watchers cleaner: pending decisions older than a day
+            "auth_expire": f"DELETE FROM {w} WHERE status = 2 AND inserted_time < ?",
             "auth_delete": f"DELETE FROM {w} WHERE presentity_uri = ? AND watcher_username = ?"
             " AND watcher_domain = ? AND event = ?",
             # xcap

@@ -15,7 +15,7 @@ from operator import attrgetter
 from typing import Any
 
 from presenced.storage import schema
-from presenced.storage.base import Store, StoreError, Subscription, redact_url, url_password
+from presenced.storage.base import PENDING_AUTH_MAX_AGE, Store, StoreError, Subscription, redact_url, url_password
 from presenced.storage.rows import (
     ActiveWatcherRow,
     Batch,
@@ -327,6 +327,7 @@ class SqlStore(Store):
                 (q.presentity_expire, (now,), False),
                 (q.ext_expire, (now,), False),
                 (q.watcher_expire, (now,), False),
+                (q.auth_expire, (now - PENDING_AUTH_MAX_AGE,), False),
             ],
         )
         return counts[0], counts[2]
