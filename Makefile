@@ -28,10 +28,16 @@ clean:
 # Benchmarks: `make bench` runs the shared SIPp harness (../shared/bench) with
 # Kamailio as baseline and presenced as "ours" (BENCH_MODE=quick|full,
 # BENCH_REPEAT=N); results go to bench/results/. `make bench-micro` times the
-# hot functions in-process.
-.PHONY: bench-micro
+# hot functions in-process. `make bench-backends` runs the harness once per
+# storage backend and mode (BENCH_BACKENDS=memory,sqlite,postgresql,mysql,
+# BENCH_STORE_MODES=wt,wb,db, BENCH_MODE=quick|full, BENCH_STEP_SECONDS=N;
+# see bench/backends.py) into bench/results/<stamp>-backends/RESULTS.md.
+.PHONY: bench-micro bench-backends
 bench: venv
 	VENV=$(VENV) bash bench/run-vs-kamailio.sh
 
 bench-micro: venv
 	$(PY) bench/micro.py $(ARGS)
+
+bench-backends: venv
+	$(PY) bench/backends.py $(ARGS)
