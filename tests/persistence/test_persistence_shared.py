@@ -133,3 +133,23 @@ def test_publication_refreshed_elsewhere_survives_its_old_expiry(database, serve
     assert b"short" in n.body
     user = pres.split(":")[1].split("@")[0]
     assert database.count("presentity", "username = ?", (user,)) == 1
+
+
+def test_retransmissions_are_absorbed_not_run_twice(database, servers, uas):
+    """A retransmission that arrives while the original waits for its reload, or
+    after it ran, gets the original's answer: one publication, one ETag."""
+    a = servers.start(*DB_ONLY, db=database)
+    pres = aor(uid("ivy"))
+    pub = uas(a.port, "ivy")
+    body = pidf(pres, "once")
+    data, branch = pub.build("PUBLISH", pres, [("Event", "presence"), ("Expires", "600"),
+                                               ("Content-Type", "application/pidf+xml")], body)
+    for _ in range(3):
+        pub.send_raw(data)
+    first = pub.wait_response(branch)
+    assert first.status == 200, first
+    pub.send_raw(data)
+    again = pub.wait_response(branch)
+    assert again.sip_etag == first.sip_etag
+    user = pres.split(":")[1].split("@")[0]
+    assert database.count("presentity", "username = ?", (user,)) == 1

@@ -18,11 +18,13 @@ from typing import Any
 from presenced.core.server import SipCore
 from presenced.runtime.shared import needs_sync
 from presenced.sip.errors import SipParseError
-from presenced.transaction.layer import Address, ClientTransaction
+from presenced.transaction.layer import Address, ClientTransaction, server_key
 from presenced.transport.tcp import TcpConnection, TcpRegistry
 from presenced.transport.udp import UdpListener, start_udp
 
 log = logging.getLogger("presenced.runtime")
+
+SYNC_BATCH = 64  # DB-only modes: requests whose state is read together
 
 CREDENTIALS_NEGATIVE_TTL = 5.0   # seconds an unknown username is not looked up again
 CREDENTIALS_LOOKUP_RATE = 20     # database lookups of unknown usernames per second (burst as many)
@@ -72,6 +74,7 @@ class Server:
         self.persistence: Any = None
         self.shared: Any = None  # runtime/shared.py, in the DB-only modes
         self._sync_queue: asyncio.Queue | None = None
+        self._sync_keys: set = set()  # server-transaction keys waiting in the queue
         self.reload_config: Any = None  # set by the CLI: () -> Config
         self._cred_inflight: set[tuple[str, str]] = set()
         self._cred_negative: dict[tuple[str, str], float] = {}  # unknown user -> retry after
@@ -341,34 +344,65 @@ class Server:
         if self.stopping and data.lstrip(b"\r\n")[:7].upper() != b"SIP/2.0":
             self.core.stats["dropped"] += 1  # shutting down: no new requests
             return
-        if self._sync_queue is not None and needs_sync(data):
-            self._sync_queue.put_nowait((data, source, local))
+        if self._sync_queue is not None and needs_sync(data) and self._queue_for_sync(data, source, local):
             return
         self.core.receive(data, source, local, self.loop.time(), stream=source.transport != "udp")
         self._flush()
 
+    def _queue_for_sync(self, data: bytes, source: Address, local: tuple[str, int]) -> bool:
+        """DB-only modes: queue a PUBLISH/SUBSCRIBE for a reload (False: the core
+        takes it now: unparsable, or a retransmission the core absorbs)."""
+        assert self.shared is not None and self._sync_queue is not None
+        req = self.shared.parse(data, source.transport != "udp")
+        if req is None:
+            return False
+        try:
+            key = server_key(req)
+        except SipParseError:
+            return False
+        if key in self.core.tx.server:
+            return False
+        if key in self._sync_keys:
+            self.core.tx.stats["retransmissions_absorbed"] += 1  # the queued original will answer
+            return True
+        self._sync_keys.add(key)
+        self._sync_queue.put_nowait((req, key, data, source, local))
+        return True
+
     async def _sync_worker(self) -> None:
-        """DB-only modes: one request at a time, each after the previous one's
-        commit, each on state freshly read from the database."""
+        """DB-only modes: requests leave the queue in batches; each batch waits for
+        this process's previous commits, reads its state (concurrently), applies
+        it to the engine, and only then runs, in arrival order."""
         assert self._sync_queue is not None and self.loop is not None and self.shared is not None
         from presenced.runtime.persistence import bounded
         from presenced.runtime.shared import LOAD_TIMEOUT
 
+        queue, shared = self._sync_queue, self.shared
         while True:
-            data, source, local = await self._sync_queue.get()
+            jobs = [await queue.get()]
+            while len(jobs) < SYNC_BATCH and not queue.empty():
+                jobs.append(queue.get_nowait())
             try:
                 await self._settled()
-                self.core.engine._last_now = self.loop.time()
-                try:
-                    await bounded(self.shared.prepare(data, source.transport != "udp"), LOAD_TIMEOUT)
-                except Exception as e:  # store down: answer from what memory holds
-                    self.shared.load_errors += 1
-                    log.warning("reloading state from %s failed (%s); answering from memory",
-                                self.persistence.store.url, str(e) or type(e).__name__)
-                self.core.receive(data, source, local, self.loop.time(), stream=source.transport != "udp")
+                results = await asyncio.gather(
+                    *(bounded(shared.fetch(job[0]), LOAD_TIMEOUT) for job in jobs), return_exceptions=True)
+                now = self.loop.time()
+                self.core.engine._last_now = now
+                for res in results:
+                    if isinstance(res, BaseException):  # store down: answer from what memory holds
+                        shared.load_errors += 1
+                        log.warning("reloading state from %s failed (%s); answering from memory",
+                                    self.persistence.store.url, str(res) or type(res).__name__)
+                    elif res is not None:
+                        shared.apply(res, now)
+                for _req, key, data, source, local in jobs:
+                    self._sync_keys.discard(key)
+                    self.core.receive(data, source, local, self.loop.time(), stream=source.transport != "udp")
                 self._flush()
             except Exception:
                 log.exception("DB-only request handling failed")
+                for job in jobs:
+                    self._sync_keys.discard(job[1])
 
     async def _settled(self) -> None:
         """Wait until this process's own changes are in the database."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from presenced.core.engine import PresenceEngine
@@ -52,6 +53,15 @@ def needs_sync(data: bytes) -> bool:
     return data.startswith(SYNC_METHODS)
 
 
+@dataclass(slots=True)
+class Loaded:
+    """Rows read for one request, applied to the engine just before it runs."""
+
+    dialog: tuple | None = None                       # (call_id, to_tag, from_tag, row pair or None)
+    pubs: tuple[str, str, list] | None = None         # (pres, event, presentity rows)
+    subs: list[tuple[str, str, list]] = field(default_factory=list)
+
+
 class SharedState:
     """Reloads engine state from the store around requests and expiries."""
 
@@ -67,54 +77,67 @@ class SharedState:
         engine.expiry_guard = self._expiry_guard
 
     # ----------------------------------------------------------- requests
-    async def prepare(self, data: bytes, stream: bool) -> None:
-        """Load what the request in `data` can touch. Unparsable input is left to the core."""
+    def parse(self, data: bytes, stream: bool) -> Request | None:
+        """The request, if it is a PUBLISH or SUBSCRIBE worth loading state for."""
         try:
             msg = parse_message(data, stream=stream)
         except SipParseError:
-            return
+            return None
         if not isinstance(msg, Request) or msg.method not in ("PUBLISH", "SUBSCRIBE"):
-            return
+            return None
+        return msg
+
+    async def fetch(self, req: Request) -> Loaded | None:
+        """Read what `req` can touch. Nothing changes in the engine until `apply`,
+        so the reads of several queued requests can run at once."""
         try:
-            ev = msg.event
+            ev = req.event
             pkg = self.engine.registry.lookup(ev) if ev is not None else None
-            pres = self.engine.presentity_key(msg.uri_text)
-            to_tag = msg.to.tag
-            call_id = msg.call_id
-            from_tag = msg.from_.tag
+            pres = self.engine.presentity_key(req.uri_text)
+            to_tag = req.to.tag
+            call_id = req.call_id
+            from_tag = req.from_.tag or ""
         except SipParseError:
-            return
+            return None  # the core answers it
         if pkg is None:
-            return
-        now = self.engine._last_now
+            return None
         wall = int(time.time())
-        if msg.method == "SUBSCRIBE" and to_tag and self.sync_subs:
-            pair = await self.store.load_subscription(call_id, to_tag, from_tag or "")
+        out = Loaded()
+        if req.method == "SUBSCRIBE" and to_tag and self.sync_subs:
+            pair = await self.store.load_subscription(call_id, to_tag, from_tag)
             self.loads += 1
-            sub = self._merge_dialog(call_id, to_tag, from_tag or "", pkg.key, pair, now)
-            if sub is not None:
-                pres = sub.pres_uri
+            out.dialog = (call_id, to_tag, from_tag, pair)
+            if pair is not None:
+                pres = pair[0].presentity_uri
+        reads = []
         if self.sync_pubs and pkg.publishable:
-            await self._load_publications(pres, pkg.key, wall, now)
-        if not self.sync_subs:
-            return
-        if msg.method == "PUBLISH":
-            await self._load_subscriptions(pres, pkg.key, wall, now)
-        elif pkg.key == "presence":
-            await self._load_subscriptions(pres, "presence.winfo", wall, now)
-        elif pkg.key == "presence.winfo":
-            await self._load_subscriptions(pres, "presence", wall, now)
+            reads.append(self._publications(out, pres, pkg.key, wall))
+        if self.sync_subs:
+            if req.method == "PUBLISH":
+                reads.append(self._subscriptions(out, pres, pkg.key, wall))
+            elif pkg.key == "presence":
+                reads.append(self._subscriptions(out, pres, "presence.winfo", wall))
+            elif pkg.key == "presence.winfo":
+                reads.append(self._subscriptions(out, pres, "presence", wall))
+        await asyncio.gather(*reads)
+        return out
 
-    async def _load_publications(self, pres: str, event: str, wall: int, now: float) -> None:
+    async def _publications(self, out: Loaded, pres: str, event: str, wall: int) -> None:
         user, domain = split_aor(pres)
-        rows = await self.store.load_presentity(user, domain, event, wall)
+        out.pubs = (pres, event, await self.store.load_presentity(user, domain, event, wall))
         self.loads += 1
-        self.merge_publications(pres, event, rows, now)
 
-    async def _load_subscriptions(self, pres: str, event: str, wall: int, now: float) -> None:
-        rows = await self.store.load_subscriptions_for(pres, event, wall)
+    async def _subscriptions(self, out: Loaded, pres: str, event: str, wall: int) -> None:
+        out.subs.append((pres, event, await self.store.load_subscriptions_for(pres, event, wall)))
         self.loads += 1
-        self.merge_subscriptions(pres, event, rows, now)
+
+    def apply(self, loaded: Loaded, now: float) -> None:
+        if loaded.dialog is not None:
+            self._merge_dialog(*loaded.dialog, now)
+        if loaded.pubs is not None:
+            self.merge_publications(*loaded.pubs, now)
+        for pres, event, rows in loaded.subs:
+            self.merge_subscriptions(pres, event, rows, now)
 
     # ------------------------------------------------------------ merging
     def merge_publications(self, pres: str, event: str, rows: list[PresentityRow], now: float) -> None:
@@ -154,7 +177,7 @@ class SharedState:
             if sub.key not in seen:
                 eng.forget_subscription(sub)
 
-    def _merge_dialog(self, call_id: str, to_tag: str, from_tag: str, event: str, pair, now: float) -> Subscription | None:
+    def _merge_dialog(self, call_id: str, to_tag: str, from_tag: str, pair, now: float) -> Subscription | None:
         eng = self.engine
         if pair is None:
             for sub in [s for k, s in eng.subs_by_dialog.items() if k[0] == call_id and k[1] == to_tag and k[2] == from_tag]:
