@@ -153,3 +153,51 @@ def test_retransmissions_are_absorbed_not_run_twice(database, servers, uas):
     assert again.sip_etag == first.sip_etag
     user = pres.split(":")[1].split("@")[0]
     assert database.count("presentity", "username = ?", (user,)) == 1
+
+
+ALLOW_BOB = """<?xml version="1.0" encoding="UTF-8"?>
+<cr:ruleset xmlns="urn:ietf:params:xml:ns:pres-rules" xmlns:cr="urn:ietf:params:xml:ns:common-policy">
+  <cr:rule id="friends">
+    <cr:conditions><cr:identity><cr:one id="sip:{watcher}@127.0.0.1"/></cr:identity></cr:conditions>
+    <cr:actions><sub-handling>allow</sub-handling></cr:actions>
+    <cr:transformations><provide-services><all-services/></provide-services></cr:transformations>
+  </cr:rule>
+</cr:ruleset>
+"""
+
+
+def test_update_watchers_at_one_process_reaches_a_watcher_of_the_other(database, servers, uas):
+    """The owner's rules change is applied through B's management API; the watcher
+    subscribed (pending) through A. B must find it in the database and NOTIFY it."""
+    import json
+    import urllib.request
+
+    from persist_support import free_port
+    from presenced.storage.rows import XcapRow
+
+    rules_only = [x for x in DB_ONLY if x != "presence_xml.force_active=1"][:-3] + ["--log-level", "info"]
+    http = free_port()
+    a = servers.start(*rules_only, db=database)
+    b = servers.start(*rules_only, "--http", f"{HOST}:{http}", db=database)
+    owner, watcher = uid("kim"), uid("lee")
+    pres = aor(owner)
+    w = uas(a.port, watcher)
+    assert uas(b.port, owner).publish(pres, pidf(pres, "visible"), expires=600).status == 200
+
+    r, dlg = w.subscribe(pres, "presence", expires=600)
+    assert r.status in (200, 202), r
+    assert _state(w.expect_notify(dlg)) == "pending"
+
+    doc = ALLOW_BOB.format(watcher=watcher).encode()
+    row = XcapRow(username=owner, domain=HOST, doc=doc, doc_type=2, etag="r1", source=1,
+                  doc_uri=f"/pres-rules/users/{pres}/index", port=0)
+    database.run(lambda store: store.put_xcap(row))
+    req = urllib.request.Request(f"http://{HOST}:{http}/RPC", method="POST", data=json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": "presence.updateWatchers", "params": [pres, "presence"]}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        result = json.loads(resp.read())
+    assert result.get("result") == {"changed": 1}, result
+    n = w.expect_notify(dlg)
+    assert _state(n) == "active"
+    assert b"<basic>open</basic>" in n.body  # the PIDF, filtered by the rule

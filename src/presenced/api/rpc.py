@@ -333,6 +333,7 @@ class RpcService:
         except ValueError as e:
             raise RpcError(INVALID_PARAMS, str(e)) from None
         pkg = self._package(event)
+        await self._reload_state(pres, pkg.key)
         if type_ == 0:
             await self._reload_rules(pres)
             auth = self.core.authorizer
@@ -348,6 +349,17 @@ class RpcService:
         n = self.engine.pres_refresh_watchers(pres, pkg.key, 1, self._now())
         self._flush()
         return {"notified": n}
+
+    async def _reload_state(self, pres: str, event: str) -> None:
+        """DB-only modes: act on every watcher in the database, not only on the
+        ones that subscribed through this process."""
+        reload = getattr(self.server, "reload_presentity", None)
+        if reload is None:
+            return
+        try:
+            await reload(pres, event)
+        except Exception as e:
+            raise RpcError(FAULT, f"reading {pres} from the database failed: {str(e) or type(e).__name__}") from None
 
     async def _reload_rules(self, pres: str) -> None:
         load = getattr(self.server, "load_rules", None)
@@ -401,6 +413,7 @@ class RpcService:
     async def presence_update_watchers(self, uri: str, event: str) -> dict[str, Any]:
         pres = self._presentity(uri)
         pkg = self._package(event)
+        await self._reload_state(pres, pkg.key)
         await self._reload_rules(pres)
         n = self.engine.pres_update_watchers(pres, pkg.key, self._now())
         self._flush()

@@ -404,6 +404,19 @@ class Server:
                 for job in jobs:
                     self._sync_keys.discard(job[1])
 
+    async def reload_presentity(self, pres: str, event: str) -> None:
+        """DB-only modes: bring one presentity's publications and watchers up to
+        date with the database before acting on all of them (a no-op otherwise)."""
+        if self.shared is None:
+            return
+        from presenced.runtime.persistence import bounded
+        from presenced.runtime.shared import LOAD_TIMEOUT
+
+        await self._settled()
+        loaded = await bounded(self.shared.fetch_presentity(pres, event), LOAD_TIMEOUT)
+        assert self.loop is not None
+        self.shared.apply(loaded, self.loop.time())
+
     async def _settled(self) -> None:
         """Wait until this process's own changes are in the database."""
         p = self.persistence

@@ -122,6 +122,20 @@ class SharedState:
         await asyncio.gather(*reads)
         return out
 
+    async def fetch_presentity(self, pres: str, event: str) -> Loaded:
+        """Everything stored for one presentity and event (management calls that
+        act on all its watchers, e.g. presence.updateWatchers)."""
+        wall = int(time.time())
+        out = Loaded()
+        pkg = self.engine.registry.get(event)
+        reads = []
+        if self.sync_pubs and pkg is not None and pkg.publishable:
+            reads.append(self._publications(out, pres, event, wall))
+        if self.sync_subs:
+            reads.append(self._subscriptions(out, pres, event, wall))
+        await asyncio.gather(*reads)
+        return out
+
     async def _publications(self, out: Loaded, pres: str, event: str, wall: int) -> None:
         user, domain = split_aor(pres)
         out.pubs = (pres, event, await self.store.load_presentity(user, domain, event, wall))
