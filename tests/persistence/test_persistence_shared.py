@@ -201,3 +201,8 @@ def test_update_watchers_at_one_process_reaches_a_watcher_of_the_other(database,
     n = w.expect_notify(dlg)
     assert _state(n) == "active"
     assert b"<basic>open</basic>" in n.body  # the PIDF, filtered by the rule
+
+    # A's cached rules are not stale: a new dialog from the same watcher is active at once.
+    r, d2 = w.subscribe(pres, "presence", expires=600)
+    assert r.status == 200, r
+    assert _state(w.expect_notify(d2)) == "active"

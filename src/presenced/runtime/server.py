@@ -140,7 +140,8 @@ class Server:
         if p.subs_db_mode == 3 or p.publ_cache == 0:
             from presenced.runtime.shared import SharedState
 
-            self.shared = SharedState(self.core.engine, store, pubs=p.publ_cache == 0, subs=p.subs_db_mode == 3)
+            self.shared = SharedState(self.core.engine, store, pubs=p.publ_cache == 0, subs=p.subs_db_mode == 3,
+                                      authorizer=self.core.authorizer)
             self.shared.on_confirmed = self._flush
             self._sync_queue = asyncio.Queue()
             self._tasks.add(self.loop.create_task(self._sync_worker()))

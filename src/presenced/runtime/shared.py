@@ -60,14 +60,19 @@ class Loaded:
     dialog: tuple | None = None                       # (call_id, to_tag, from_tag, row pair or None)
     pubs: tuple[str, str, list] | None = None         # (pres, event, presentity rows)
     subs: list[tuple[str, str, list]] = field(default_factory=list)
+    rules: tuple[str, bytes | None] | None = None      # (pres, pres-rules document or None)
 
 
 class SharedState:
     """Reloads engine state from the store around requests and expiries."""
 
-    def __init__(self, engine: PresenceEngine, store: Any, *, pubs: bool, subs: bool) -> None:
+    def __init__(self, engine: PresenceEngine, store: Any, *, pubs: bool, subs: bool, authorizer: Any = None) -> None:
         self.engine = engine
         self.store = store
+        # pres-rules may be changed through any process: re-read them with each
+        # initial presence SUBSCRIBE (installed only when the document changed).
+        self.authorizer = authorizer
+        self._rules_seen: dict[str, bytes | None] = {}
         self.sync_pubs = pubs
         self.sync_subs = subs
         self.loads = 0          # reload round trips, for counters
@@ -112,6 +117,9 @@ class SharedState:
         reads = []
         if self.sync_pubs and pkg.publishable:
             reads.append(self._publications(out, pres, pkg.key, wall))
+        if self.sync_subs and self.authorizer is not None and req.method == "SUBSCRIBE" and not to_tag \
+                and pkg.key == "presence" and not self.engine.force_active:
+            reads.append(self._rules(out, pres))
         if self.sync_subs:
             if req.method == "PUBLISH":
                 reads.append(self._subscriptions(out, pres, pkg.key, wall))
@@ -145,7 +153,22 @@ class SharedState:
         out.subs.append((pres, event, await self.store.load_subscriptions_for(pres, event, wall)))
         self.loads += 1
 
+    async def _rules(self, out: Loaded, pres: str) -> None:
+        from presenced.core.authorization import PRES_RULES
+
+        user, domain = split_aor(pres)
+        row = await self.store.get_xcap(user, domain, PRES_RULES)
+        self.loads += 1
+        out.rules = (pres, bytes(row.doc) if row is not None and row.doc else None)
+
     def apply(self, loaded: Loaded, now: float) -> None:
+        if loaded.rules is not None and self.authorizer is not None:
+            pres, doc = loaded.rules
+            if pres not in self._rules_seen or self._rules_seen[pres] != doc:
+                if len(self._rules_seen) > 65536:
+                    self._rules_seen.clear()
+                self._rules_seen[pres] = doc
+                self.authorizer.set_document(pres, doc)
         if loaded.dialog is not None:
             self._merge_dialog(*loaded.dialog, now)
         if loaded.pubs is not None:
