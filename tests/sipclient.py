@@ -100,6 +100,7 @@ class SipClient:
         self.auto_answer = False
         self.answered: dict[str, bytes] = {}
         self.notify_retransmissions = 0
+        self.via_host = "127.0.0.1"
         if transport == "udp":
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self.sock.bind(("127.0.0.1", 0))
@@ -123,7 +124,7 @@ class SipClient:
 
     @property
     def contact(self) -> str:
-        t = ";transport=tcp" if self.transport == "tcp" else ""
+        t = f";transport={self.transport}" if self.transport != "udp" else ""
         return f"<sip:{self.user}@127.0.0.1:{self.port}{t}>"
 
     # ------------------------------------------------------------ raw I/O
@@ -196,12 +197,12 @@ class SipClient:
         content_length: bool = True,
     ) -> tuple[bytes, str]:
         branch = branch or "z9hG4bK" + secrets.token_hex(6)
-        proto = "UDP" if self.transport == "udp" else "TCP"
+        proto = self.transport.upper()
         from_uri = from_uri or f"sip:{self.user}@127.0.0.1"
         to_uri = to_uri or uri
         lines = [
             f"{method} {uri} SIP/2.0",
-            f"Via: SIP/2.0/{proto} 127.0.0.1:{self.port};branch={branch};rport",
+            f"Via: SIP/2.0/{proto} {self.via_host}:{self.port};branch={branch};rport",
             "Max-Forwards: 70",
             f"From: <{from_uri}>;tag={from_tag or secrets.token_hex(4)}",
             f"To: <{to_uri}>" + (f";tag={to_tag}" if to_tag else ""),

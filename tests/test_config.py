@@ -596,3 +596,28 @@ def test_listen_round_trip(protos, port):
     addrs = [f"{pr}:10.0.0.1:{port}" for pr in protos]
     c = load_config(None, ["listen.addresses=" + ",".join(addrs)])
     assert c.listen.addresses == addrs
+
+
+# --------------------------------------------------------------- tls / websocket
+def test_tls_client_verification_needs_ca_list(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["tls.verify_certificate=1"])
+    assert e.value.key == "tls.verify_certificate" and "tls.ca_list" in str(e.value)
+
+
+def test_tls_files_must_exist(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [f"tls.ca_list={tmp_path / 'missing.pem'}"])
+    assert e.value.key == "tls.ca_list" and "no such file" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["tls.tls_method=SSLv3"])
+    assert e.value.key == "tls.tls_method"
+
+
+def test_websocket_path_and_origins_are_checked():
+    c = load_config(None, ["websocket.path=/ws", "websocket.origins=https://A.example.com/, null"])
+    assert c.websocket.path == "/ws" and c.websocket.origins == ["https://a.example.com", "null"]
+    for bad in ("websocket.path=ws", "websocket.origins=phone.example.com"):
+        with pytest.raises(ConfigError) as e:
+            load_config(None, [bad])
+        assert e.value.key == bad.split("=")[0]

@@ -37,7 +37,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML configuration file.")
-@click.option("--listen", multiple=True, metavar="PROTO:HOST:PORT", help="Listen address (repeatable); udp or tcp.")
+@click.option("--listen", multiple=True, metavar="PROTO:HOST:PORT", help="Listen address (repeatable); udp, tcp, tls, ws or wss.")
 @click.option("--db-url", metavar="URL", help="memory, sqlite:///path, postgresql://..., mysql://...")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.PARAM=VALUE", help="Override a parameter (Kamailio names).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))

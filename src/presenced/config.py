@@ -44,6 +44,8 @@ __all__ = [
     "HttpSection",
     "ListenSection",
     "LogSection",
+    "TlsSection",
+    "WebsocketSection",
     "Param",
     "PresenceDialoginfoSection",
     "PresenceMwiSection",
@@ -294,6 +296,53 @@ class ListenSection(_Section):
         "brackets; port 0 = any free port).", check=_check_listen)
 
 
+def _check_ws_path(v: str, shown: Shown) -> str:
+    s = v.strip()
+    if s and (not s.startswith("/") or any(c in s for c in " \t?#")):
+        raise _Bad(f'{shown(v)} is not a URL path (e.g. "/ws"; "" accepts any path)')
+    return s
+
+
+def _check_origins(v: list[str], shown: Shown) -> list[str]:
+    out = []
+    for item in v:
+        s = item.strip().rstrip("/").lower()
+        if s != "null" and not re.match(r"^https?://[^/\s]+$", s):
+            raise _Bad(f"{shown(item)} is not an origin (scheme://host[:port], e.g. https://phone.example.com)")
+        out.append(s)
+    return list(dict.fromkeys(out))
+
+
+@dataclass(frozen=True)
+class TlsSection(_Section):
+    NAME: ClassVar[str] = "tls"
+    TITLE: ClassVar[str] = ('Kamailio module tls: modparam("tls", "NAME", VALUE) names; used by tls and '
+                            "wss listeners and by NOTIFYs that open a TLS connection.")
+    certificate: str = _str("", "PEM certificate file (chain: server certificate first, then "
+                                "intermediates); required by tls and wss listeners.")
+    private_key: str = _str("", "PEM private key file of the certificate (unencrypted).")
+    ca_list: str = _str("", 'PEM file of trusted CA certificates: verifies client certificates '
+                            "(verify_certificate) and the phone's certificate when presenced opens "
+                            'a TLS connection; "" = outgoing TLS is encrypted but not authenticated.')
+    verify_certificate: int = _bool(0, "1: ask TLS clients for a certificate and verify it against "
+                                       "ca_list when one is presented.")
+    require_certificate: int = _bool(0, "1: refuse TLS clients that present no valid certificate "
+                                        "(needs ca_list).")
+    tls_method: str = _str("TLSv1.2+", "Oldest TLS version accepted, both ways.",
+                           choices=("TLSv1.2+", "TLSv1.3+"))
+
+
+@dataclass(frozen=True)
+class WebsocketSection(_Section):
+    NAME: ClassVar[str] = "websocket"
+    TITLE: ClassVar[str] = "presenced: SIP over WebSocket (RFC 7118) on ws and wss listeners."
+    path: str = _str("", 'Only accept WebSocket handshakes for this URL path (e.g. "/ws"); "" = any '
+                         "path.", check=_check_ws_path)
+    origins: list[str] = _list([], 'Browser origins allowed to connect, e.g. ["https://phone.example.com"]; '
+                                   "[] = any (a handshake without Origin is always allowed).",
+                               check=_check_origins)
+
+
 @dataclass(frozen=True)
 class DbSection(_Section):
     NAME: ClassVar[str] = "db"
@@ -538,7 +587,7 @@ class PresenceReginfoSection(_Section):
 
 #: Section classes in display order (presenced's own first, then Kamailio's).
 SECTIONS: tuple[type[_Section], ...] = (
-    ListenSection, DbSection, HttpSection, AuthSection, RegistrarSection, LogSection,
+    ListenSection, TlsSection, WebsocketSection, DbSection, HttpSection, AuthSection, RegistrarSection, LogSection,
     PresenceSection, PresenceXmlSection, PresenceMwiSection, PresenceDialoginfoSection,
     PresenceReginfoSection,
 )
@@ -775,6 +824,8 @@ class Config:
     """
 
     listen: ListenSection = field(default_factory=ListenSection)
+    tls: TlsSection = field(default_factory=TlsSection)
+    websocket: WebsocketSection = field(default_factory=WebsocketSection)
     db: DbSection = field(default_factory=DbSection)
     http: HttpSection = field(default_factory=HttpSection)
     auth: AuthSection = field(default_factory=AuthSection)
@@ -978,6 +1029,8 @@ def _cross_check(cfg: Config) -> None:
                           f"{_ref(cfg, 'registrar.max_expires')}",
                           key="registrar.default_expires")
 
+    _check_tls_files(cfg)
+
     w = cfg.warnings
     if pr.db_update_period == 0:
         w.append(f"{_ref(cfg, 'presence.db_update_period')}: subscriptions will never "
@@ -1001,6 +1054,29 @@ def _cross_check(cfg: Config) -> None:
     if cfg.http.listen and not cfg.http.token:
         w.append(f"{_ref(cfg, 'http.listen')} is enabled without http.token: the HTTP API "
                  f"accepts unauthenticated requests")
+
+
+def _check_tls_files(cfg: Config) -> None:
+    """Certificate files that are set exist and are readable. Whether a tls/wss
+    listener has them, and their contents, the server checks when it builds
+    its TLS context (presenced.transport.tls), also with a field name."""
+    tls = cfg.tls
+    for key in ("tls.certificate", "tls.private_key", "tls.ca_list"):
+        path = cfg.get(key)
+        if not path:
+            continue
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{_ref(cfg, key)}: no such file", key=key)
+        try:
+            with p.open("rb"):
+                pass
+        except OSError as e:
+            raise ConfigError(f"{_ref(cfg, key)}: cannot read: {e.strerror or e}", key=key) from None
+    if (tls.verify_certificate or tls.require_certificate) and not tls.ca_list:
+        key = "tls.require_certificate" if tls.require_certificate else "tls.verify_certificate"
+        raise ConfigError(f"{_ref(cfg, key)} needs tls.ca_list (the CAs client certificates are "
+                          f"checked against)", key=key)
 
 
 def load_config(path: str | Path | None, sets: Iterable[str] = (),

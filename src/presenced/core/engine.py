@@ -160,15 +160,20 @@ class PresenceEngine:
     def allow_events(self) -> str:
         return ", ".join(self.registry.names())
 
-    def local_contact(self, ctx: RequestContext) -> str:
+    def local_contact(self, ctx: RequestContext, sips: bool = False) -> str:
         if self.server_address:
             return self.server_address
         host = ctx.local_host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
+        transport = ctx.source.transport
+        if sips and transport in ("tls", "wss"):
+            # RFC 3261 §12.1.1: a dialog set up by a sips: request gets a sips:
+            # Contact (RFC 5630: no transport=tls; RFC 7118: sips+ws is WSS).
+            return f"sips:{host}:{ctx.local_port}" + (";transport=ws" if transport == "wss" else "")
         c = f"sip:{host}:{ctx.local_port}"
-        if ctx.source.transport != "udp":
-            c += f";transport={ctx.source.transport}"
+        if transport != "udp":
+            c += f";transport={transport}"
         return c
 
     def _lookup_package(self, req: Request) -> EventPackage | Reply:
@@ -449,6 +454,8 @@ class PresenceEngine:
         sub.remote_cseq = cseq
         sub.remote_target = contacts[0].uri_text
         sub.accept = accept
+        if ctx.source.reliable:  # a WebSocket client that reconnected: NOTIFYs follow its new connection
+            sub.source = ctx.source
         contact_hdr = [("Contact", f"<{sub.local_contact}>")]
         if expires == 0:
             self._remove_subscription(sub)
@@ -493,7 +500,8 @@ class PresenceEngine:
             watcher_uri=watcher, watcher_display=from_.display, remote_target=req.contacts[0].uri_text,
             route_set=record_route, to_header=req.get("from") or "", from_header=f"{to_raw};tag={to_tag}",
             remote_cseq=cseq, local_cseq=0, expires_at=now + expires, source=ctx.source,
-            local_host=ctx.local_host, local_port=ctx.local_port, local_contact=self.local_contact(ctx),
+            local_host=ctx.local_host, local_port=ctx.local_port,
+            local_contact=self.local_contact(ctx, req.uri_text[:5].lower() == "sips:"),
             accept=accept, created=now,
         )
         if pkg.template == "winfo":
@@ -786,6 +794,8 @@ class PresenceEngine:
             uri = parse_uri(next_hop)
             host = uri.host.strip("[]")
             transport = uri.transport or ("tls" if uri.scheme == "sips" else None)
+            if transport == "ws" and uri.scheme == "sips":
+                transport = "wss"  # RFC 7118 §5.2
             port = uri.port or (5061 if transport == "tls" else 5060)
         except SipParseError:
             host, port, transport = (src.host, src.port, None) if src else ("127.0.0.1", 5060, None)

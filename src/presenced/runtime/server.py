@@ -20,6 +20,7 @@ from presenced.runtime.shared import needs_sync
 from presenced.sip.errors import SipParseError
 from presenced.transaction.layer import Address, ClientTransaction, server_key
 from presenced.transport.tcp import TcpConnection, TcpRegistry
+from presenced.transport.tls import client_context, server_context
 from presenced.transport.udp import UdpListener, start_udp
 
 log = logging.getLogger("presenced.runtime")
@@ -39,12 +40,17 @@ def _is_ip(host: str) -> bool:
         return False
 
 
+PROTOCOLS = ("udp", "tcp", "tls", "ws", "wss")
+FRAMED = ("tcp", "tls")  # byte streams cut by Content-Length; ws/wss messages come whole
+WEBSOCKET = ("ws", "wss")
+
+
 def parse_listen(spec: str) -> tuple[str, str, int]:
-    """`udp:127.0.0.1:5060` / `tcp:[::1]:5060` → (proto, host, port)."""
+    """`udp:127.0.0.1:5060` / `tcp:[::1]:5060` / `wss:0.0.0.0:443` → (proto, host, port)."""
     proto, _, rest = spec.partition(":")
     proto = proto.lower()
-    if proto not in ("udp", "tcp"):
-        raise ValueError(f"--listen {spec}: protocol must be udp or tcp (tls, ws, wss are not available yet)")
+    if proto not in PROTOCOLS:
+        raise ValueError(f"--listen {spec}: protocol must be udp, tcp, tls, ws or wss")
     if rest.startswith("["):
         end = rest.find("]")
         host, port_s = rest[1:end], rest[end + 2 :]
@@ -64,8 +70,9 @@ class Server:
         self.stopping = False  # SIGTERM: requests are no longer taken, responses still are
         self.listen_specs = [parse_listen(s) for s in (listen or ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060"])]
         self.udp: list[UdpListener] = []
-        self.tcp = TcpRegistry(self._on_message)
+        self.tcp = TcpRegistry(self._on_message)  # every stream connection: tcp, tls, ws, wss
         self.tcp.on_error = self._on_stream_error
+        self._setup_secure_transports(cfg)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -100,9 +107,9 @@ class Server:
                 self.udp.append(l)
                 self.bound.append(("udp", host, l.port))
             else:
-                srv = await self.tcp.listen(host, port)
+                srv = await self._listen_stream(proto, host, port)
                 real = srv.sockets[0].getsockname()[1] if srv.sockets else port
-                self.bound.append(("tcp", host, real))
+                self.bound.append((proto, host, real))
         self._housekeeping = self.loop.create_task(self._housekeeping_loop())
         clean_period = int(getattr(getattr(self.cfg, "presence", None), "clean_period", 100))
         if clean_period > 0:
@@ -116,6 +123,30 @@ class Server:
         log.info("listening on %s", ", ".join(f"{p}:{h}:{n}" for p, h, n in self.bound))
         if self.http is not None:
             await self.http.start()
+
+    def _setup_secure_transports(self, cfg: Any) -> None:
+        """TLS contexts and WebSocket settings, checked before anything binds
+        (a TlsConfigError is a ValueError naming the parameter)."""
+        from presenced.config import TlsSection, WebsocketSection
+        from presenced.transport.ws import WsSettings
+
+        tls = getattr(cfg, "tls", None) or TlsSection()
+        protos = {p for p, _, _ in self.listen_specs}
+        self.tls_server = server_context(tls) if protos & {"tls", "wss"} else None
+        self.tls_client = client_context(tls)
+        ws = getattr(cfg, "websocket", None) or WebsocketSection()
+        self.ws_settings = WsSettings(path=ws.path, origins=frozenset(ws.origins))
+
+    async def _listen_stream(self, proto: str, host: str, port: int) -> asyncio.AbstractServer:
+        ctx = self.tls_server if proto in ("tls", "wss") else None
+        if proto in WEBSOCKET:
+            from presenced.transport.ws import WsConnection
+
+            settings = self.ws_settings
+            return await self.tcp.listen(
+                host, port, ssl_context=ctx,
+                factory=lambda: WsConnection(self.tcp, self._on_message, proto, settings))
+        return await self.tcp.listen(host, port, transport=proto, ssl_context=ctx)
 
     async def _open_store(self) -> None:
         url = getattr(getattr(self.cfg, "db", None), "url", "memory") if self.cfg is not None else "memory"
@@ -347,14 +378,14 @@ class Server:
             return
         if self._sync_queue is not None and needs_sync(data) and self._queue_for_sync(data, source, local):
             return
-        self.core.receive(data, source, local, self.loop.time(), stream=source.transport != "udp")
+        self.core.receive(data, source, local, self.loop.time(), stream=source.transport in FRAMED)
         self._flush()
 
     def _queue_for_sync(self, data: bytes, source: Address, local: tuple[str, int]) -> bool:
         """DB-only modes: queue a PUBLISH/SUBSCRIBE for a reload (False: the core
         takes it now: unparsable, or a retransmission the core absorbs)."""
         assert self.shared is not None and self._sync_queue is not None
-        req = self.shared.parse(data, source.transport != "udp")
+        req = self.shared.parse(data, source.transport in FRAMED)
         if req is None:
             return False
         try:
@@ -398,7 +429,7 @@ class Server:
                         shared.apply(res, now)
                 for _req, key, data, source, local in jobs:
                     self._sync_keys.discard(key)
-                    self.core.receive(data, source, local, self.loop.time(), stream=source.transport != "udp")
+                    self.core.receive(data, source, local, self.loop.time(), stream=source.transport in FRAMED)
                 self._flush()
             except Exception:
                 log.exception("DB-only request handling failed")
@@ -501,15 +532,23 @@ class Server:
             else:
                 self._spawn(self._resolve_and_send_udp(listener, data, dest, ct))
             return
-        if dest.transport == "tcp":
-            conn = dest.conn if isinstance(dest.conn, TcpConnection) and dest.conn.is_open else None
+        conn = dest.conn if isinstance(dest.conn, TcpConnection) and dest.conn.is_open else None
+        if dest.transport in WEBSOCKET:
+            # RFC 7118: the client's own connection or nothing (its Contact is
+            # often *.invalid); sips+ws Contacts say "ws" for a wss connection.
             if conn is None:
-                conn = self.tcp.find(dest.host, dest.port)
+                conn = self.tcp.find(dest.host, dest.port, "ws") or self.tcp.find(dest.host, dest.port, "wss")
+            if conn is None or not conn.write(data):
+                self._failed(ct)
+            return
+        if dest.transport in FRAMED:
+            if conn is None:
+                conn = self.tcp.find(dest.host, dest.port, dest.transport)
             if conn is not None and conn.write(data):
                 return
             self._spawn(self._connect_and_send(data, dest, ct))
             return
-        self._failed(ct)  # tls/ws not available yet
+        self._failed(ct)
 
     def _udp_for(self, host: str) -> UdpListener | None:
         want_v6 = ":" in host
@@ -536,9 +575,12 @@ class Server:
 
     async def _connect_and_send(self, data: bytes, dest: Address, ct) -> None:
         try:
-            conn = await self.tcp.connect(dest.host, dest.port)
-        except (OSError, asyncio.TimeoutError) as e:
-            log.info("TCP connect to %s:%s failed: %s", dest.host, dest.port, e)
+            conn = await self.tcp.connect(
+                dest.host, dest.port, transport=dest.transport,
+                ssl_context=self.tls_client if dest.transport == "tls" else None)
+        except (OSError, asyncio.TimeoutError) as e:  # ssl.SSLError is an OSError
+            log.info("%s connect to %s:%s failed: %s", dest.transport.upper(), dest.host, dest.port,
+                     str(e) or type(e).__name__)
             self._failed(ct)
             return
         if not conn.write(data):

@@ -1,9 +1,11 @@
-"""TCP listener and connection registry.
+"""Stream listeners and the connection registry (TCP, TLS; WS/WSS in ws.py).
 
 Connections are reused both ways (RFC 3261 §18.2.2, RFC 5626 spirit): a
 request is answered on the connection it came in on, and later NOTIFYs to
 that peer go over it while it is open, which is what phones that put their
-connection's ephemeral port (or `;alias`) in Contact need.
+connection's ephemeral port (or `;alias`) in Contact need. TLS is the same
+connection class over asyncio's ssl, so both share one registry, one
+connection limit and one idle timeout (and so do WebSocket connections).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from typing import Callable
 
@@ -22,10 +25,14 @@ log = logging.getLogger("presenced.transport.tcp")
 
 OnMessage = Callable[[bytes, Address, tuple[str, int]], None]
 
+TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds a peer may take to finish the TLS handshake
+
 
 class TcpConnection(asyncio.Protocol):
-    def __init__(self, registry: "TcpRegistry", on_message: OnMessage, outbound: bool = False) -> None:
+    def __init__(self, registry: "TcpRegistry", on_message: OnMessage, outbound: bool = False,
+                 transport: str = "tcp") -> None:
         self.registry = registry
+        self.name = transport  # "tcp" or "tls" (the Via transport, lower case)
         self.on_message = on_message
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
@@ -42,7 +49,7 @@ class TcpConnection(asyncio.Protocol):
         local = transport.get_extra_info("sockname") or ("", 0)
         self.peer = (peer[0], peer[1])
         self.local = (local[0], local[1])
-        self.address = Address("tcp", self.peer[0], self.peer[1], self)
+        self.address = Address(self.name, self.peer[0], self.peer[1], self)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -58,7 +65,7 @@ class TcpConnection(asyncio.Protocol):
             items = self.framer.feed(data)
         except SipParseError as e:
             # The stream cannot be resynchronised: answer what we can, then close.
-            log.info("closing TCP connection from %s:%s: %s", self.peer[0], self.peer[1], e.reason)
+            log.info("closing %s connection from %s:%s: %s", self.name.upper(), self.peer[0], self.peer[1], e.reason)
             self.registry.framing_errors += 1
             if self.registry.on_error is not None and self.address is not None:
                 self.registry.on_error(bytes(self.framer._buf[:16384]), e, self.address)
@@ -99,32 +106,34 @@ class TcpRegistry:
         self.on_error: Callable[[bytes, SipParseError, Address], None] | None = None
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
-        self.by_peer: dict[tuple[str, int], TcpConnection] = {}
+        self.by_peer: dict[tuple[str, str, int], TcpConnection] = {}  # (transport, host, port)
         self.all: set[TcpConnection] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self.framing_errors = 0
         self.refused = 0
-        self._connecting: dict[tuple[str, int], asyncio.Future] = {}
+        self._connecting: dict[tuple[str, str, int], asyncio.Future] = {}
 
     def add(self, conn: TcpConnection) -> bool:
         if len(self.all) >= self.max_connections:
             self.refused += 1
             return False
         self.all.add(conn)
-        self.by_peer[conn.peer] = conn
+        self.by_peer[(conn.name, *conn.peer)] = conn
         return True
 
     def remove(self, conn: TcpConnection) -> None:
         self.all.discard(conn)
-        if self.by_peer.get(conn.peer) is conn:
-            del self.by_peer[conn.peer]
+        key = (conn.name, *conn.peer)
+        if self.by_peer.get(key) is conn:
+            del self.by_peer[key]
 
-    def find(self, host: str, port: int) -> TcpConnection | None:
-        conn = self.by_peer.get((host, port))
+    def find(self, host: str, port: int, transport: str = "tcp") -> TcpConnection | None:
+        conn = self.by_peer.get((transport, host, port))
         return conn if conn is not None and conn.is_open else None
 
-    async def connect(self, host: str, port: int, timeout: float = 5.0) -> TcpConnection:
-        key = (host, port)
+    async def connect(self, host: str, port: int, timeout: float = 5.0, *, transport: str = "tcp",
+                      ssl_context: ssl.SSLContext | None = None) -> TcpConnection:
+        key = (transport, host, port)
         pending = self._connecting.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -132,8 +141,13 @@ class TcpRegistry:
         fut: asyncio.Future = loop.create_future()
         self._connecting[key] = fut
         try:
+            # The timeout covers the TLS handshake too (create_connection
+            # returns once it is done).
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: TcpConnection(self, self.on_message, outbound=True), host, port),
+                loop.create_connection(
+                    lambda: TcpConnection(self, self.on_message, outbound=True, transport=transport),
+                    host, port, ssl=ssl_context,
+                ),
                 timeout,
             )
             fut.set_result(conn)
@@ -154,11 +168,13 @@ class TcpRegistry:
                 n += 1
         return n
 
-    async def listen(self, host: str, port: int) -> asyncio.AbstractServer:
+    async def listen(self, host: str, port: int, *, transport: str = "tcp", ssl_context: ssl.SSLContext | None = None,
+                     factory: Callable[[], asyncio.Protocol] | None = None) -> asyncio.AbstractServer:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: TcpConnection(self, self.on_message), host, port, reuse_address=True, backlog=1024
-        )
+        if factory is None:
+            factory = lambda: TcpConnection(self, self.on_message, transport=transport)  # noqa: E731
+        extra = {"ssl": ssl_context, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT} if ssl_context is not None else {}
+        server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024, **extra)
         self.servers.append(server)
         return server
 
