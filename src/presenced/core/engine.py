@@ -9,7 +9,6 @@ deadline in the shared TimerHeap (no periodic table scans).
 from __future__ import annotations
 
 import logging
-import secrets
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -20,6 +19,7 @@ from presenced.events.base import BodyError, EventPackage, PublicationView, Vers
 from presenced.events.registry import EventRegistry
 from presenced.sip.errors import SipParseError
 from presenced.sip.message import Request, Response
+from presenced.sip.tokens import token_hex, token_urlsafe
 from presenced.sip.uri import parse_uri
 from presenced.transaction.layer import Address, TransactionLayer, new_branch
 from presenced.transaction.timers import TimerHeap
@@ -56,14 +56,14 @@ def _opt(cfg: Any, section: str, name: str, default: Any) -> Any:
 
 
 def new_tag() -> str:
-    return secrets.token_hex(8)
+    return token_hex(8)
 
 
 def new_etag() -> str:
     # 96 random bits: unguessable and, in practice, unique across restarts.
     # The ".0" tail keeps Kamailio able to refresh it on a shared database: its
     # presence module parses a counter after the last dot and answers 500 if none.
-    return "a" + secrets.token_urlsafe(12) + ".0"
+    return "a" + token_urlsafe(12) + ".0"
 
 
 class PresenceEngine:
@@ -253,7 +253,10 @@ class PresenceEngine:
             # Newest wins (message-summary): older publications are superseded.
             for other in list(self.publications.get(key, {}).values()):
                 self._remove_publication(other)
-        self.publications.setdefault(key, {})[pub.etag] = pub
+        pubs = self.publications.get(key)
+        if pubs is None:
+            pubs = self.publications[key] = {}
+        pubs[pub.etag] = pub
         self.etags[pub.etag] = pub
         if self.journal is not None:
             self.journal.pub_saved(pub)

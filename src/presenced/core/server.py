@@ -175,7 +175,7 @@ class SipCore:
         st = self.tx.receive_request(msg, source)
         if st is None:
             return
-        CALL_ID.set(msg.get("call-id"))
+        CALL_ID.set(msg.call_id)
         self.requests_by_method[msg.method] = self.requests_by_method.get(msg.method, 0) + 1
         ctx = RequestContext(source, local[0], local[1])
         try:
@@ -293,7 +293,7 @@ class SipCore:
         if scheme not in SUPPORTED_SCHEMES:
             self.respond(req, st, Reply(416, "Unsupported URI Scheme"), now)
             return
-        unsupported = [t for t in req.option_tags("require")]
+        unsupported = req.option_tags("require") if "require" in req._index else None
         if unsupported:
             self.respond(req, st, Reply(420, "Bad Extension", [("Unsupported", ", ".join(unsupported))]), now)
             return

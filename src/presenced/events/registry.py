@@ -29,6 +29,11 @@ class EventRegistry:
         variants = self._by_name.get(event.name)
         if not variants:
             return None
+        if not event.params:  # the usual case: the variant without required params
+            for pkg in variants:
+                if not pkg.required_params:
+                    return pkg
+            return None
         params = set(event.params) - _NEUTRAL_PARAMS
         for pkg in variants:
             if pkg.required_params <= params:

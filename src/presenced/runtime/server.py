@@ -24,12 +24,21 @@ from presenced.transport.udp import UdpListener, start_udp
 log = logging.getLogger("presenced.runtime")
 
 
+_IP_SEEN: set[str] = set()
+
+
 def _is_ip(host: str) -> bool:
+    # Called per datagram sent; destinations repeat, ipaddress parsing is slow.
+    if host in _IP_SEEN:
+        return True
     try:
         ipaddress.ip_address(host)
-        return True
     except ValueError:
         return False
+    if len(_IP_SEEN) >= 10000:
+        _IP_SEEN.clear()
+    _IP_SEEN.add(host)
+    return True
 
 
 def parse_listen(spec: str) -> tuple[str, str, int]:

@@ -330,8 +330,16 @@ class NameAddr:
         return f"NameAddr({self.raw!r})"
 
 
+# `<uri>` or `<uri>;tag=x`: what From, To and Contact nearly always are.
+_NAME_ADDR_PLAIN = re.compile(r"<([^<>\s\"]*:[^<>\s\"]*)>(?:;([A-Za-z0-9.!%*_+`'~-]+)=([^;\s\"]+))?\Z")
+
+
 def parse_name_addr(text: str) -> NameAddr:
     raw = text.strip()
+    m = _NAME_ADDR_PLAIN.match(raw)
+    if m is not None:
+        pname = m.group(2)
+        return NameAddr(None, m.group(1), {pname.lower(): m.group(3)} if pname else {}, raw)
     if not raw:
         raise SipParseError("empty address")
     lt = raw.find("<")

@@ -17,13 +17,14 @@ or None); the runtime reports a send failure back with `transport_failed`.
 
 from __future__ import annotations
 
-import secrets
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from presenced.transaction.timers import TimerHandle, TimerHeap
 from presenced.sip.errors import SipParseError
 from presenced.sip.message import Request, Response
+from presenced.sip.tokens import token_hex
 
 T1 = 0.5
 T2 = 4.0
@@ -49,7 +50,7 @@ class Address:
 
 
 def new_branch() -> str:
-    return MAGIC + secrets.token_hex(8)
+    return MAGIC + token_hex(8)
 
 
 def server_key(req: Request) -> tuple:
@@ -104,6 +105,9 @@ class TransactionLayer:
         self.server: dict[tuple, ServerTransaction] = {}
         self.client: dict[tuple, ClientTransaction] = {}
         self.outbox: list[tuple[bytes, Address, ClientTransaction | None]] = []
+        # Completed UDP server transactions in Timer J order: (deadline, transaction).
+        self._lingering: deque[tuple[float, ServerTransaction]] = deque()
+        self._linger_timer: TimerHandle | None = None
         self.stats = {"retransmissions_absorbed": 0, "notify_retransmits": 0, "client_timeouts": 0, "stray_responses": 0}
 
     # -- server side -------------------------------------------------------
@@ -139,8 +143,26 @@ class TransactionLayer:
         linger = 64 * self.t1 if not st.source.reliable else 0.0
         if linger <= 0:
             self.server.pop(st.key, None)
-        else:
-            st.timer = self.timers.schedule(now + linger, self._timer_j, st)
+            return
+        # Timer J has one duration, so deadlines arrive in order: a FIFO with
+        # one heap entry for its head replaces a heap entry per transaction.
+        when = now + linger
+        q = self._lingering
+        if q and when < q[-1][0]:
+            st.timer = self.timers.schedule(when, self._timer_j, st)  # clock went back: own timer
+            return
+        q.append((when, st))
+        if self._linger_timer is None:
+            self._linger_timer = self.timers.schedule(when, self._expire_lingering)
+
+    def _expire_lingering(self, now: float) -> None:
+        q = self._lingering
+        server = self.server
+        while q and q[0][0] <= now:
+            st = q.popleft()[1]
+            if server.get(st.key) is st:
+                del server[st.key]
+        self._linger_timer = self.timers.schedule(q[0][0], self._expire_lingering) if q else None
 
     def _timer_j(self, now: float, st: ServerTransaction) -> None:
         if self.server.get(st.key) is st:
