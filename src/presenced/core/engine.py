@@ -27,6 +27,8 @@ from presenced.transaction.timers import TimerHeap
 log = logging.getLogger("presenced.engine")
 
 UDP_MTU_LIMIT = 1300  # RFC 3261 §18.1.1
+# Address is immutable and watchers repeat: one per UDP destination.
+_UDP_DESTS: dict[tuple[str, int], Address] = {}
 
 
 @dataclass(slots=True)
@@ -141,7 +143,7 @@ class PresenceEngine:
         return min(exp, self.max_expires)
 
     def allow_events(self) -> str:
-        return ", ".join(self.registry.names())
+        return self.registry.allow_events()
 
     def local_contact(self, ctx: RequestContext) -> str:
         if self.server_address:
@@ -246,7 +248,7 @@ class PresenceEngine:
     ) -> Publication:
         self._pub_seq += 1
         pub = Publication(
-            etag=new_etag(), pres_uri=key[0], entity=entity, event=pkg.key, body=body,
+            etag=new_etag(), pres_uri=key[0], entity=entity, event=key[1], body=body,
             content_type=ctype, expires_at=now + expires, received=now, seq=self._pub_seq, sender=sender,
         )
         if not pkg.composes:
@@ -684,7 +686,12 @@ class PresenceEngine:
             return Address(src.transport, host, port, src.conn)
         if transport in ("tcp", "tls", "ws", "wss"):
             return Address("tcp" if transport == "tcp" else transport, host, port, None)
-        return Address("udp", host, port, None)
+        dest = _UDP_DESTS.get((host, port))
+        if dest is None:
+            if len(_UDP_DESTS) >= 10000:
+                _UDP_DESTS.clear()
+            dest = _UDP_DESTS[(host, port)] = Address("udp", host, port, None)
+        return dest
 
     def _notify_result(self, sub: Subscription, resp: Response | None) -> None:
         code = resp.status if resp is not None else 408

@@ -199,8 +199,10 @@ class SipCore:
         params["received"] = source.host
         if has_rport:
             params["rport"] = str(source.port)
-        head = via.raw.split(";", 1)[0]
-        via.raw = head + "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+        parts = [via.raw.split(";", 1)[0]]
+        for k, v in params.items():
+            parts.append(";" + k if v is None else f";{k}={v}")
+        via.raw = "".join(parts)
         # Keep the parsed Via cached; only the raw line the response copies changes.
         lines = req._index["via"]
         line = lines[0]
@@ -212,7 +214,8 @@ class SipCore:
             lines[0] = via.raw
 
     def _response_dest(self, req: Request, source: Address) -> Address:
-        if source.reliable:
+        t = source.transport
+        if t != "udp" and t != "UDP":  # reliable: answer on the connection
             return source
         try:
             via = req.top_via
@@ -271,12 +274,13 @@ class SipCore:
         self.responses_by_code[status] = self.responses_by_code.get(status, 0) + 1
 
     def respond(self, req: Request, st: ServerTransaction, reply: Reply, now: float) -> None:
-        headers = list(reply.headers)
-        headers.append(SERVER_HEADER)
-        to_tag = reply.to_tag or (new_tag() if reply.status > 100 else None)
-        data = build_response(req, reply.status, reply.reason, headers, reply.body, to_tag=to_tag)
-        self._count_response(reply.status)
-        self.tx.respond(st, data, self._response_dest(req, st.source), now, final=reply.status >= 200)
+        status = reply.status
+        headers = [*reply.headers, SERVER_HEADER]
+        to_tag = reply.to_tag or (new_tag() if status > 100 else None)
+        data = build_response(req, status, reply.reason, headers, reply.body, to_tag=to_tag)
+        counts = self.responses_by_code
+        counts[status] = counts.get(status, 0) + 1
+        self.tx.respond(st, data, self._response_dest(req, st.source), now, final=status >= 200)
 
     # -------------------------------------------------------------- dispatch
     def _dispatch(self, req: Request, st: ServerTransaction, ctx: RequestContext, now: float) -> None:

@@ -23,6 +23,9 @@ from presenced.transport.udp import UdpListener, start_udp
 
 log = logging.getLogger("presenced.runtime")
 
+#: How late (s) the runtime may run a core deadline (SIP timers are >= 500 ms).
+TIMER_SLACK = 0.005
+
 
 _IP_SEEN: set[str] = set()
 
@@ -316,10 +319,13 @@ class Server:
                 self._timer = None
                 self._timer_at = None
             return
-        if self._timer_at is not None and self._timer_at <= deadline:
+        if self._timer_at is not None and self._timer_at <= deadline + TIMER_SLACK:
             return
         if self._timer is not None:
             self._timer.cancel()
+        # Under load every transaction and NOTIFY leaves a deadline of its own;
+        # waking up TIMER_SLACK late lets one wake-up run all that are due by then.
+        deadline += TIMER_SLACK
         self._timer_at = deadline
         self._timer = self.loop.call_at(deadline, self._on_timer)
 

@@ -288,11 +288,24 @@ class ContentType:
         self.params = parse_params(parts[1:])
 
 
-# Event and Content-Type values repeat on nearly every request; the parsed
-# objects are shared (read-only) like parse_uri's.
+# CSeq, Event and Content-Type values repeat on nearly every request; the
+# parsed objects are shared (read-only) like parse_uri's.
 _VALUE_CACHE_MAX = 1024
 _EVENT_CACHE: dict[str, Event] = {}
 _CTYPE_CACHE: dict[str, ContentType] = {}
+
+
+_CSEQ_CACHE: dict[str, CSeq] = {}
+
+
+def parse_cseq(raw: str) -> CSeq:
+    cs = _CSEQ_CACHE.get(raw)
+    if cs is None:
+        cs = CSeq(raw)
+        if len(_CSEQ_CACHE) >= _VALUE_CACHE_MAX:
+            _CSEQ_CACHE.clear()
+        _CSEQ_CACHE[raw] = cs
+    return cs
 
 
 def parse_event(raw: str) -> Event:

@@ -23,6 +23,7 @@ from presenced.sip.headers import (
     _NORM_CACHE,
     normalize_name,
     parse_content_type,
+    parse_cseq,
     parse_delta,
     parse_event,
     split_commas,
@@ -131,7 +132,11 @@ class Message:
     def vias(self) -> list[Via]:
         v = self._cache.get("via")
         if v is None:
-            raw = self.get_all("via")
+            vals = self._index.get("via")
+            if vals and len(vals) == 1 and "," not in vals[0] and vals[0].strip():
+                raw = [vals[0].strip()]  # one Via line with one value: nothing to split
+            else:
+                raw = self.get_all("via")
             if not raw:
                 raise SipParseError("missing Via header")
             v = [Via(x) for x in raw]
@@ -140,7 +145,8 @@ class Message:
 
     @property
     def top_via(self) -> Via:
-        return self.vias[0]
+        v = self._cache.get("via")
+        return v[0] if v is not None else self.vias[0]  # type: ignore[index]
 
     @property
     def call_id(self) -> str:
@@ -156,7 +162,7 @@ class Message:
     def cseq(self) -> CSeq:
         v = self._cache.get("cseq")
         if v is None:
-            v = CSeq(self._single("cseq"))
+            v = parse_cseq(self._single("cseq"))
             self._cache["cseq"] = v
         return v  # type: ignore[return-value]
 
@@ -203,7 +209,11 @@ class Message:
         vals = self._index.get(key)
         if not vals:
             return None
-        return parse_delta(vals[0], canonical_name(key))
+        v = vals[0]
+        if v.isascii() and v.isdigit():  # the usual case; parse_delta strips, checks, names the error
+            n = int(v)
+            return n if n < 4294967295 else 4294967295
+        return parse_delta(v, canonical_name(key))
 
     @property
     def expires(self) -> int | None:
@@ -489,7 +499,7 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
             if len(parts) != 3:
                 raise SipParseError("malformed request line")
         method, uri, version = parts
-        if not is_token(method):
+        if method not in _KNOWN_NAMES and not is_token(method):
             raise SipParseError("malformed method")
         if version.upper() != "SIP/2.0":
             if version.upper().startswith("SIP/"):
@@ -502,9 +512,9 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     cl_vals = msg._index.get("content-length")
     if cl_vals:
         cl_raw = cl_vals[0].strip()
-        if not is_digits(cl_raw):
+        if not (cl_raw.isascii() and cl_raw.isdigit()):
             raise SipParseError("malformed Content-Length", err_status)
-        if any(v.strip() != cl_raw for v in cl_vals[1:]):
+        if len(cl_vals) > 1 and any(v.strip() != cl_raw for v in cl_vals[1:]):
             # RFC 4475 'mcl01': there is no way to know where the body ends.
             raise SipParseError("multiple Content-Length values", err_status)
         cl = int(cl_raw)
@@ -512,7 +522,8 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
             raise MessageTooLarge("Message Too Large (body)")
         if len(body) < cl:
             raise SipParseError("Content-Length larger than message", err_status)
-        body = body[:cl]
+        if len(body) != cl:
+            body = body[:cl]
     elif stream:
         raise SipParseError("missing Content-Length on a stream transport", err_status)
     elif len(body) > MAX_BODY_BYTES:

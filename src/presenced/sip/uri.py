@@ -92,10 +92,21 @@ def split_params(text: str, sep: str = ";") -> list[str]:
     return out
 
 
+# Parameter names as written (before '=', unstripped) → checked lower-case
+# name: tag, branch, rport, transport... repeat on every message.
+_PARAM_NAMES: dict[str, str] = {}
+
+
 def parse_params(parts: list[str]) -> dict[str, str | None]:
     """`name[=value]` pieces into an ordered dict with lower-case names."""
     params: dict[str, str | None] = {}
+    names = _PARAM_NAMES.get
     for p in parts:
+        raw, eq, value = p.partition("=")
+        name = names(raw)
+        if name is not None:
+            params[name] = value.strip() if eq else None
+            continue
         p = p.strip()
         eq = p.find("=")
         name = (p if eq < 0 else p[:eq]).strip()
@@ -103,6 +114,8 @@ def parse_params(parts: list[str]) -> dict[str, str | None]:
         if not name or _BAD_PARAM_NAME_RE.search(name):
             raise SipParseError("empty or malformed parameter")
         params[name.lower()] = None if eq < 0 else p[eq + 1 :].strip()
+        if len(_PARAM_NAMES) < 4096:
+            _PARAM_NAMES[raw] = name.lower()
     return params
 
 
