@@ -457,7 +457,8 @@ class PresenceEngine:
         to_tag = new_tag()
         watcher = watcher_uri or from_.uri_text
         event_header = pkg.name + (("." + pkg.template) if pkg.template else "")
-        event_header += "".join(";" + p for p in sorted(pkg.required_params))
+        if pkg.required_params:
+            event_header += "".join(";" + p for p in sorted(pkg.required_params))
         if event_id is not None:
             event_header += f";id={event_id}"
         to_raw = req.get("to") or ""
@@ -627,9 +628,10 @@ class PresenceEngine:
         if self.journal is not None and self.subs_by_dialog.get(sub.key) is sub:
             self.journal.sub_saved(sub)
         target_uri = sub.remote_target
-        routes = list(sub.route_set)
+        routes = sub.route_set
         if routes and ";lr" not in routes[0].lower():
             # strict router (RFC 3261 §12.2.1.1)
+            routes = list(routes)
             first = routes.pop(0)
             routes.append(f"<{sub.remote_target}>")
             target_uri = first.strip().lstrip("<").split(">")[0]
@@ -641,27 +643,21 @@ class PresenceEngine:
         host = sub.local_host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        lines = [
-            f"NOTIFY {target_uri} SIP/2.0",
-            f"Via: SIP/2.0/{dest.transport.upper()} {host}:{sub.local_port};branch={branch};rport",
-            "Max-Forwards: 70",
-        ]
-        lines.extend(f"Route: {r}" for r in routes)
-        lines.extend(
-            (
-                f"From: {sub.from_header}",
-                f"To: {sub.to_header}",
-                f"Call-ID: {sub.call_id}",
-                f"CSeq: {sub.local_cseq} NOTIFY",
-                f"Event: {sub.event_header}",
-                f"Subscription-State: {state}",
-                f"Contact: <{sub.local_contact}>",
-            )
-        )
-        if body:
-            lines.append(f"Content-Type: {pkg.notify_type}")
-        lines.append(f"Content-Length: {len(body)}")
-        data = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
+        route_lines = "".join(f"Route: {r}\r\n" for r in routes) if routes else ""
+        ctype_line = f"Content-Type: {pkg.notify_type}\r\n" if body else ""
+        data = (
+            f"NOTIFY {target_uri} SIP/2.0\r\n"
+            f"Via: SIP/2.0/{dest.transport.upper()} {host}:{sub.local_port};branch={branch};rport\r\n"
+            f"Max-Forwards: 70\r\n{route_lines}"
+            f"From: {sub.from_header}\r\n"
+            f"To: {sub.to_header}\r\n"
+            f"Call-ID: {sub.call_id}\r\n"
+            f"CSeq: {sub.local_cseq} NOTIFY\r\n"
+            f"Event: {sub.event_header}\r\n"
+            f"Subscription-State: {state}\r\n"
+            f"Contact: <{sub.local_contact}>\r\n"
+            f"{ctype_line}Content-Length: {len(body)}\r\n\r\n"
+        ).encode("utf-8", "surrogateescape") + body
         if dest.transport == "udp" and len(data) > UDP_MTU_LIMIT:
             # RFC 3261 §18.1.1: too big for UDP, use a congestion-controlled transport
             data = data.replace(b"Via: SIP/2.0/UDP ", b"Via: SIP/2.0/TCP ", 1)
