@@ -347,12 +347,26 @@ class NameAddr:
 _NAME_ADDR_PLAIN = re.compile(r"<([^<>\s\"]*:[^<>\s\"]*)>(?:;([A-Za-z0-9.!%*_+`'~-]+)=([^;\s\"]+))?\Z")
 
 
+# `<uri>` without parameters (a To before the dialog, most Contacts) repeats
+# per presentity: shared, read-only, like parse_uri's results.
+_PLAIN_NA_CACHE: dict[str, NameAddr] = {}
+
+
 def parse_name_addr(text: str) -> NameAddr:
+    cached = _PLAIN_NA_CACHE.get(text)
+    if cached is not None:
+        return cached
     raw = text.strip()
     m = _NAME_ADDR_PLAIN.match(raw)
     if m is not None:
         pname = m.group(2)
-        return NameAddr(None, m.group(1), {pname.lower(): m.group(3)} if pname else {}, raw)
+        if pname:
+            return NameAddr(None, m.group(1), {pname.lower(): m.group(3)}, raw)
+        na = NameAddr(None, m.group(1), {}, raw)
+        if len(_PLAIN_NA_CACHE) >= 4096:
+            _PLAIN_NA_CACHE.clear()
+        _PLAIN_NA_CACHE[text] = na
+        return na
     if not raw:
         raise SipParseError("empty address")
     lt = raw.find("<")
