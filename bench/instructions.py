@@ -24,6 +24,10 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULTS = {
     "parse PUBLISH": 4000,
+    "parse+check PUBLISH": 2000,
+    "parse NOTIFY 200": 2000,
+    "validate PIDF": 2000,
+    "validate summary": 2000,
     "core OPTIONS": 1000,
     "core PUBLISH initial": 1000,
     "core PUBLISH refresh": 1000,

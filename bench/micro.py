@@ -5,6 +5,10 @@ Times, in-process and without sockets:
 
   parse PUBLISH         presenced.sip.parse_message on a typical PIDF PUBLISH
   parse SUBSCRIBE       presenced.sip.parse_message on a typical SUBSCRIBE
+  parse+check PUBLISH   parse_message + check_request (Via, Call-ID, CSeq, From/To URIs, ...)
+  parse NOTIFY 200      parse_message of a NOTIFY's 200 + the Via/CSeq the match reads
+  validate PIDF         validate_pidf on scenario A's body (hardened lxml parse)
+  validate summary      validate_message_summary on scenario E's body
   build_response        presenced.sip.build_response (200 + SIP-ETag/Expires)
   core OPTIONS          SipCore.receive(OPTIONS) incl. the 200
   core PUBLISH initial  SipCore.receive(PUBLISH, no If-Match) -> 200 + SIP-ETag
@@ -234,6 +238,42 @@ def bench_build_response(n: int):
         build_response(req, 200, "OK", hdrs, to_tag="5f3a9c1e")
 
 
+def bench_validate_pidf(n: int):
+    from presenced.events.formats.pidf import validate_pidf
+
+    body = pidf("user1", "a1", "bench A")
+    for _ in range(n):
+        validate_pidf(body)
+
+
+def bench_validate_summary(n: int):
+    from presenced.events.formats.summary import validate_message_summary
+
+    body = b"Messages-Waiting: yes\r\nMessage-Account: sip:user1@127.0.0.1\r\nVoice-Message: 2/8 (0/2)\r\n"
+    for _ in range(n):
+        validate_message_summary(body)
+
+
+def bench_check_publish(n: int):
+    from presenced.sip.message import check_request
+
+    data = publish(1, "user1")
+    for _ in range(n):
+        check_request(parse_message(data))
+
+
+def bench_parse_response(n: int):
+    data = (
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK0123456789abcdef;rport=5060\r\n"
+        b"From: <sip:user1@127.0.0.1>;tag=0123456789abcdef\r\nTo: <sip:m1@127.0.0.1>;tag=1ms\r\n"
+        b"Call-ID: 1-mwi@127.0.0.1\r\nCSeq: 1 NOTIFY\r\nContact: <sip:m1@127.0.0.1:5555;transport=udp>\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    for _ in range(n):
+        r = parse_message(data)
+        r.top_via.branch, r.cseq.method  # noqa: B018 - what the client transaction match reads
+
+
 def _core():
     return SipCore(make_cfg())
 
@@ -323,6 +363,10 @@ def bench_core(kind):
 BENCHES = [
     ("parse PUBLISH", bench_parse_publish, 20_000),
     ("parse SUBSCRIBE", bench_parse_subscribe, 20_000),
+    ("parse+check PUBLISH", bench_check_publish, 20_000),
+    ("parse NOTIFY 200", bench_parse_response, 20_000),
+    ("validate PIDF", bench_validate_pidf, 20_000),
+    ("validate summary", bench_validate_summary, 20_000),
     ("build_response", bench_build_response, 20_000),
     ("core OPTIONS", bench_core("options"), 5_000),
     ("core PUBLISH initial", bench_core("publish"), 5_000),
