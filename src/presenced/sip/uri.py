@@ -234,13 +234,16 @@ def parse_uri(text: str) -> SipURI:
     return uri
 
 
+_SIP_SCHEMES = frozenset(("sip", "sips", "pres", "im", "tel"))
+
+
 def _parse_uri(text: str) -> SipURI:
     text = text.strip()
     colon = text.find(":")
     if colon <= 0:
         raise SipParseError(f"invalid URI '{text[:60]}'")
     scheme = text[:colon].lower()
-    if not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
+    if scheme not in _SIP_SCHEMES and not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
         raise SipParseError(f"invalid URI scheme in '{text[:60]}'")
     rest = text[colon + 1 :]
     if _CTL_RE.search(text):

@@ -105,10 +105,10 @@ def parse_xml(body: bytes) -> etree._Element:
     than UTF-8, bounded size and depth. Comments and processing instructions
     are dropped so callers only ever see elements.
     """
-    data = _as_bytes(body)
+    data = body if type(body) is bytes else _as_bytes(body)
     if len(data) > MAX_BODY_SIZE:
         raise BodyError(f"body too large ({len(data)} bytes, max {MAX_BODY_SIZE})")
-    if not data.strip():
+    if not data or data.isspace():  # `not data.strip()` without the copy
         raise BodyError("empty body")
     if b"\x00" in data:
         raise BodyError("NUL byte in body (only UTF-8 XML is accepted)")
