@@ -5,11 +5,17 @@ Times, in-process and without sockets:
 
   parse PUBLISH         presenced.sip.parse_message on a typical PIDF PUBLISH
   parse SUBSCRIBE       presenced.sip.parse_message on a typical SUBSCRIBE
+  parse+check PUBLISH   parse_message + check_request (Via, Call-ID, CSeq, From/To URIs, ...)
+  parse NOTIFY 200      parse_message of a NOTIFY's 200 + the Via/CSeq the match reads
+  validate PIDF         validate_pidf on scenario A's body (hardened lxml parse)
+  validate summary      validate_message_summary on scenario E's body
   build_response        presenced.sip.build_response (200 + SIP-ETag/Expires)
   core OPTIONS          SipCore.receive(OPTIONS) incl. the 200
   core PUBLISH initial  SipCore.receive(PUBLISH, no If-Match) -> 200 + SIP-ETag
   core PUBLISH refresh  SipCore.receive(PUBLISH, SIP-If-Match, no body) -> 200
   core SUBSCRIBE        SipCore.receive(initial SUBSCRIBE presence) -> 200 + NOTIFY
+  core MWI cycle        scenario E: message-summary PUBLISH, SUBSCRIBE + NOTIFY + 200,
+                        un-SUBSCRIBE + NOTIFY + 200, PUBLISH remove (6 receive calls)
 
 The messages mirror the shared SIPp harness's scenarios A-C. Every core call
 uses a new Via branch and Call-ID (so no retransmission short-cut), a fake,
@@ -115,6 +121,78 @@ def options(i: int) -> bytes:
     ).encode()
 
 
+def mwi_publish(i: int, user: str, etag: str | None = None) -> bytes:
+    """Scenario E's PUBLISH (initial with a summary body, or the remove with SIP-If-Match)."""
+    body = b"" if etag else (
+        f"Messages-Waiting: yes\r\nMessage-Account: sip:{user}@127.0.0.1\r\nVoice-Message: 2/8 (0/2)\r\n"
+    ).encode()
+    lines = [
+        f"PUBLISH sip:{user}@127.0.0.1 SIP/2.0",
+        f"Via: SIP/2.0/UDP 127.0.0.1:5555;branch=z9hG4bK-{i}-mp{1 if etag else 0};rport",
+        "Max-Forwards: 70",
+        f"From: <sip:{user}@127.0.0.1>;tag={i}mp",
+        f"To: <sip:{user}@127.0.0.1>",
+        f"Call-ID: {i}-mwi@127.0.0.1",
+        f"CSeq: {2 if etag else 1} PUBLISH",
+        "Event: message-summary",
+        f"Expires: {0 if etag else 600}",
+    ]
+    if etag:
+        lines.append(f"SIP-If-Match: {etag}")
+    lines.append("User-Agent: presence-bench")
+    if body:
+        lines.append("Content-Type: application/simple-message-summary")
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def mwi_subscribe(i: int, user: str, to_tag: str | None = None, ruri: str | None = None) -> bytes:
+    """Scenario E's SUBSCRIBE (initial) or un-SUBSCRIBE (in-dialog, Expires: 0)."""
+    return (
+        f"SUBSCRIBE {ruri or f'sip:{user}@127.0.0.1'} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5555;branch=z9hG4bK-{i}-ms{1 if to_tag else 0};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:m{i}@127.0.0.1>;tag={i}ms\r\n"
+        f"To: <sip:{user}@127.0.0.1>{f';tag={to_tag}' if to_tag else ''}\r\n"
+        f"Call-ID: {i}-mwi@127.0.0.1\r\n"
+        f"CSeq: {2 if to_tag else 1} SUBSCRIBE\r\n"
+        f"Contact: <sip:m{i}@127.0.0.1:5555;transport=udp>\r\n"
+        "Event: message-summary\r\n"
+        "Accept: application/simple-message-summary\r\n"
+        f"Expires: {0 if to_tag else 600}\r\n"
+        "User-Agent: presence-bench\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def notify_ok(notify: bytes, i: int) -> bytes:
+    """The watcher's 200 to a NOTIFY (what SIPp sends back)."""
+    head = notify.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
+    keep = [h for h in head if h.split(b":", 1)[0].lower() in (b"via", b"from", b"to", b"call-id", b"cseq")]
+    return (b"SIP/2.0 200 OK\r\n" + b"\r\n".join(keep)
+            + f"\r\nContact: <sip:m{i}@127.0.0.1:5555;transport=udp>\r\nContent-Length: 0\r\n\r\n".encode())
+
+
+def mwi_cycle(recv, out, now, i: int, u: str) -> None:
+    """One scenario E cycle: PUBLISH, SUBSCRIBE (+NOTIFY, answered), un-SUBSCRIBE
+    (+NOTIFY terminated, answered), PUBLISH remove; six SipCore.receive calls."""
+    recv(mwi_publish(i, u), SOURCE, LOCAL, now())
+    etag = header(out[0][0], "SIP-ETag")
+    out.clear()
+    recv(mwi_subscribe(i, u), SOURCE, LOCAL, now())
+    resp, notify = out[0][0], out[1][0]
+    out.clear()
+    to_tag = header(resp, "To").rsplit("tag=", 1)[1]
+    contact = header(resp, "Contact").strip("<>")
+    recv(notify_ok(notify, i), SOURCE, LOCAL, now())
+    recv(mwi_subscribe(i, u, to_tag=to_tag, ruri=contact), SOURCE, LOCAL, now())
+    notify = out[1][0]
+    out.clear()
+    recv(notify_ok(notify, i), SOURCE, LOCAL, now())
+    recv(mwi_publish(i, u, etag=etag), SOURCE, LOCAL, now())
+    out.clear()
+
+
 def user(i: int) -> str:
     return f"user{i % N_USERS + 1}"
 
@@ -160,6 +238,42 @@ def bench_build_response(n: int):
         build_response(req, 200, "OK", hdrs, to_tag="5f3a9c1e")
 
 
+def bench_validate_pidf(n: int):
+    from presenced.events.formats.pidf import validate_pidf
+
+    body = pidf("user1", "a1", "bench A")
+    for _ in range(n):
+        validate_pidf(body)
+
+
+def bench_validate_summary(n: int):
+    from presenced.events.formats.summary import validate_message_summary
+
+    body = b"Messages-Waiting: yes\r\nMessage-Account: sip:user1@127.0.0.1\r\nVoice-Message: 2/8 (0/2)\r\n"
+    for _ in range(n):
+        validate_message_summary(body)
+
+
+def bench_check_publish(n: int):
+    from presenced.sip.message import check_request
+
+    data = publish(1, "user1")
+    for _ in range(n):
+        check_request(parse_message(data))
+
+
+def bench_parse_response(n: int):
+    data = (
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK0123456789abcdef;rport=5060\r\n"
+        b"From: <sip:user1@127.0.0.1>;tag=0123456789abcdef\r\nTo: <sip:m1@127.0.0.1>;tag=1ms\r\n"
+        b"Call-ID: 1-mwi@127.0.0.1\r\nCSeq: 1 NOTIFY\r\nContact: <sip:m1@127.0.0.1:5555;transport=udp>\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    for _ in range(n):
+        r = parse_message(data)
+        r.top_via.branch, r.cseq.method  # noqa: B018 - what the client transaction match reads
+
+
 def _core():
     return SipCore(make_cfg())
 
@@ -195,6 +309,18 @@ def run_core(n: int, kind: str) -> float:
         n = k
     elif kind == "subscribe":
         msgs = _prepare(n, lambda i: subscribe(i, user(i)))
+    elif kind == "mwi":
+        # the cycle needs the server's answers (etag, to-tag, NOTIFYs), so message
+        # building and the answers' parsing in this script are timed too
+        mwi_cycle(recv, out, now, 20_000_000, "probe")
+        gc.collect()
+        t0 = time.perf_counter()
+        for i in range(n):
+            mwi_cycle(recv, out, now, i, user(i))
+        t1 = time.perf_counter()
+        if core.engine.subs_by_dialog or core.engine.etags:
+            raise SystemExit("mwi: the cycle left state behind")
+        return t1 - t0
     else:
         raise ValueError(kind)
     # sanity: one call outside the timing (on a presentity the timed messages do not
@@ -237,11 +363,16 @@ def bench_core(kind):
 BENCHES = [
     ("parse PUBLISH", bench_parse_publish, 20_000),
     ("parse SUBSCRIBE", bench_parse_subscribe, 20_000),
+    ("parse+check PUBLISH", bench_check_publish, 20_000),
+    ("parse NOTIFY 200", bench_parse_response, 20_000),
+    ("validate PIDF", bench_validate_pidf, 20_000),
+    ("validate summary", bench_validate_summary, 20_000),
     ("build_response", bench_build_response, 20_000),
     ("core OPTIONS", bench_core("options"), 5_000),
     ("core PUBLISH initial", bench_core("publish"), 5_000),
     ("core PUBLISH refresh", bench_core("refresh"), 5_000),
     ("core SUBSCRIBE", bench_core("subscribe"), 5_000),
+    ("core MWI cycle", bench_core("mwi"), 2_000),
 ]
 
 

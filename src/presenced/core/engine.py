@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import secrets
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -21,6 +20,7 @@ from presenced.events.base import BodyError, EventPackage, PublicationView, Vers
 from presenced.events.registry import EventRegistry
 from presenced.sip.errors import SipParseError
 from presenced.sip.message import Request, Response
+from presenced.sip.tokens import token_hex, token_urlsafe
 from presenced.sip.uri import parse_uri
 from presenced.transaction.layer import Address, TransactionLayer, new_branch
 from presenced.transaction.timers import TimerHeap
@@ -29,6 +29,8 @@ log = logging.getLogger("presenced.engine")
 
 UDP_MTU_LIMIT = 1300  # RFC 3261 §18.1.1
 HARD_STATE_SECONDS = 10 * 365 * 86400  # "never expires" (Kamailio stores expires = -1)
+# Address is immutable and watchers repeat: one per UDP destination.
+_UDP_DESTS: dict[tuple[str, int], Address] = {}
 
 
 @dataclass(slots=True)
@@ -58,14 +60,14 @@ def _opt(cfg: Any, section: str, name: str, default: Any) -> Any:
 
 
 def new_tag() -> str:
-    return secrets.token_hex(8)
+    return token_hex(8)
 
 
 def new_etag() -> str:
     # 96 random bits: unguessable and, in practice, unique across restarts.
     # The ".0" tail keeps Kamailio able to refresh it on a shared database: its
     # presence module parses a counter after the last dot and answers 500 if none.
-    return "a" + secrets.token_urlsafe(12) + ".0"
+    return "a" + token_urlsafe(12) + ".0"
 
 
 class PresenceEngine:
@@ -158,7 +160,7 @@ class PresenceEngine:
         return min(exp, self.max_expires)
 
     def allow_events(self) -> str:
-        return ", ".join(self.registry.names())
+        return self.registry.allow_events()
 
     def local_contact(self, ctx: RequestContext, sips: bool = False) -> str:
         if self.server_address:
@@ -268,14 +270,17 @@ class PresenceEngine:
     ) -> Publication:
         self._pub_seq += 1
         pub = Publication(
-            etag=etag or new_etag(), pres_uri=key[0], entity=entity, event=pkg.key, body=body,
+            etag=etag or new_etag(), pres_uri=key[0], entity=entity, event=key[1], body=body,
             content_type=ctype, expires_at=now + expires, received=now, seq=self._pub_seq, sender=sender,
         )
         if not pkg.composes:
             # Newest wins (message-summary): older publications are superseded.
             for other in list(self.publications.get(key, {}).values()):
                 self._remove_publication(other)
-        self.publications.setdefault(key, {})[pub.etag] = pub
+        pubs = self.publications.get(key)
+        if pubs is None:
+            pubs = self.publications[key] = {}
+        pubs[pub.etag] = pub
         self.etags[pub.etag] = pub
         if self.journal is not None:
             self.journal.pub_saved(pub)
@@ -490,7 +495,8 @@ class PresenceEngine:
         to_tag = new_tag()
         watcher = watcher_uri or from_.uri_text
         event_header = pkg.name + (("." + pkg.template) if pkg.template else "")
-        event_header += "".join(";" + p for p in sorted(pkg.required_params))
+        if pkg.required_params:
+            event_header += "".join(";" + p for p in sorted(pkg.required_params))
         if event_id is not None:
             event_header += f";id={event_id}"
         to_raw = req.get("to") or ""
@@ -740,9 +746,10 @@ class PresenceEngine:
         if self.journal is not None and self.subs_by_dialog.get(sub.key) is sub:
             self.journal.sub_saved(sub)
         target_uri = sub.remote_target
-        routes = list(sub.route_set)
+        routes = sub.route_set
         if routes and ";lr" not in routes[0].lower():
             # strict router (RFC 3261 §12.2.1.1)
+            routes = list(routes)
             first = routes.pop(0)
             routes.append(f"<{sub.remote_target}>")
             target_uri = first.strip().lstrip("<").split(">")[0]
@@ -754,27 +761,21 @@ class PresenceEngine:
         host = sub.local_host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        lines = [
-            f"NOTIFY {target_uri} SIP/2.0",
-            f"Via: SIP/2.0/{dest.transport.upper()} {host}:{sub.local_port};branch={branch};rport",
-            "Max-Forwards: 70",
-        ]
-        lines.extend(f"Route: {r}" for r in routes)
-        lines.extend(
-            (
-                f"From: {sub.from_header}",
-                f"To: {sub.to_header}",
-                f"Call-ID: {sub.call_id}",
-                f"CSeq: {sub.local_cseq} NOTIFY",
-                f"Event: {sub.event_header}",
-                f"Subscription-State: {state}",
-                f"Contact: <{sub.local_contact}>",
-            )
-        )
-        if body:
-            lines.append(f"Content-Type: {pkg.notify_type}")
-        lines.append(f"Content-Length: {len(body)}")
-        data = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
+        route_lines = "".join(f"Route: {r}\r\n" for r in routes) if routes else ""
+        ctype_line = f"Content-Type: {pkg.notify_type}\r\n" if body else ""
+        data = (
+            f"NOTIFY {target_uri} SIP/2.0\r\n"
+            f"Via: SIP/2.0/{dest.transport.upper()} {host}:{sub.local_port};branch={branch};rport\r\n"
+            f"Max-Forwards: 70\r\n{route_lines}"
+            f"From: {sub.from_header}\r\n"
+            f"To: {sub.to_header}\r\n"
+            f"Call-ID: {sub.call_id}\r\n"
+            f"CSeq: {sub.local_cseq} NOTIFY\r\n"
+            f"Event: {sub.event_header}\r\n"
+            f"Subscription-State: {state}\r\n"
+            f"Contact: <{sub.local_contact}>\r\n"
+            f"{ctype_line}Content-Length: {len(body)}\r\n\r\n"
+        ).encode("utf-8", "surrogateescape") + body
         if dest.transport == "udp" and len(data) > UDP_MTU_LIMIT:
             # RFC 3261 §18.1.1: too big for UDP, use a congestion-controlled transport
             data = data.replace(b"Via: SIP/2.0/UDP ", b"Via: SIP/2.0/TCP ", 1)
@@ -806,7 +807,12 @@ class PresenceEngine:
             return Address(src.transport, host, port, src.conn)
         if transport in ("tcp", "tls", "ws", "wss"):
             return Address("tcp" if transport == "tcp" else transport, host, port, None)
-        return Address("udp", host, port, None)
+        dest = _UDP_DESTS.get((host, port))
+        if dest is None:
+            if len(_UDP_DESTS) >= 10000:
+                _UDP_DESTS.clear()
+            dest = _UDP_DESTS[(host, port)] = Address("udp", host, port, None)
+        return dest
 
     def _notify_result(self, sub: Subscription, resp: Response | None) -> None:
         code = resp.status if resp is not None else 408

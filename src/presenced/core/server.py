@@ -193,7 +193,7 @@ class SipCore:
         st = self.tx.receive_request(msg, source)
         if st is None:
             return
-        CALL_ID.set(msg.get("call-id"))
+        CALL_ID.set(msg.call_id)
         self.requests_by_method[msg.method] = self.requests_by_method.get(msg.method, 0) + 1
         ctx = RequestContext(source, local[0], local[1])
         try:
@@ -217,8 +217,10 @@ class SipCore:
         params["received"] = source.host
         if has_rport:
             params["rport"] = str(source.port)
-        head = via.raw.split(";", 1)[0]
-        via.raw = head + "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+        parts = [via.raw.split(";", 1)[0]]
+        for k, v in params.items():
+            parts.append(";" + k if v is None else f";{k}={v}")
+        via.raw = "".join(parts)
         # Keep the parsed Via cached; only the raw line the response copies changes.
         lines = req._index["via"]
         line = lines[0]
@@ -230,7 +232,8 @@ class SipCore:
             lines[0] = via.raw
 
     def _response_dest(self, req: Request, source: Address) -> Address:
-        if source.reliable:
+        t = source.transport
+        if t != "udp" and t != "UDP":  # reliable: answer on the connection
             return source
         try:
             via = req.top_via
@@ -289,12 +292,13 @@ class SipCore:
         self.responses_by_code[status] = self.responses_by_code.get(status, 0) + 1
 
     def respond(self, req: Request, st: ServerTransaction, reply: Reply, now: float) -> None:
-        headers = list(reply.headers)
-        headers.append(SERVER_HEADER)
-        to_tag = reply.to_tag or (new_tag() if reply.status > 100 else None)
-        data = build_response(req, reply.status, reply.reason, headers, reply.body, to_tag=to_tag)
-        self._count_response(reply.status)
-        self.tx.respond(st, data, self._response_dest(req, st.source), now, final=reply.status >= 200)
+        status = reply.status
+        headers = [*reply.headers, SERVER_HEADER]
+        to_tag = reply.to_tag or (new_tag() if status > 100 else None)
+        data = build_response(req, status, reply.reason, headers, reply.body, to_tag=to_tag)
+        counts = self.responses_by_code
+        counts[status] = counts.get(status, 0) + 1
+        self.tx.respond(st, data, self._response_dest(req, st.source), now, final=status >= 200)
 
     # -------------------------------------------------------------- dispatch
     def _dispatch(self, req: Request, st: ServerTransaction, ctx: RequestContext, now: float) -> None:
@@ -311,7 +315,7 @@ class SipCore:
         if scheme not in SUPPORTED_SCHEMES:
             self.respond(req, st, Reply(416, "Unsupported URI Scheme"), now)
             return
-        unsupported = [t for t in req.option_tags("require")]
+        unsupported = req.option_tags("require") if "require" in req._index else None
         if unsupported:
             self.respond(req, st, Reply(420, "Bad Extension", [("Unsupported", ", ".join(unsupported))]), now)
             return

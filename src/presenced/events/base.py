@@ -64,9 +64,14 @@ class EventPackage:
 
     @property
     def key(self) -> str:
-        """Registry key: `dialog;sla`, `presence.winfo`."""
+        """Registry key: `dialog;sla`, `presence.winfo` (memoised: read per request)."""
+        cached = self.__dict__.get("_key")
+        if cached is not None and cached[0] == (self.name, self.template, self.required_params):
+            return cached[1]
         name = self.name if self.template is None else f"{self.name}.{self.template}"
-        return name + "".join(";" + p for p in sorted(self.required_params))
+        key = name + "".join(";" + p for p in sorted(self.required_params))
+        self.__dict__["_key"] = ((self.name, self.template, self.required_params), key)
+        return key
 
     def validate(self, body: bytes, content_type: str) -> None:
         """Raise BodyError with a reason when the PUBLISH body is unusable."""

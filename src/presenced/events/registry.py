@@ -15,12 +15,14 @@ class EventRegistry:
     def __init__(self) -> None:
         self._by_name: dict[str, list[EventPackage]] = {}
         self._by_key: dict[str, EventPackage] = {}
+        self._allow_events: str | None = None
 
     def register(self, package: EventPackage) -> None:
         name = package.name if package.template is None else f"{package.name}.{package.template}"
         variants = self._by_name.setdefault(name, [])
         variants[:] = [p for p in variants if p.required_params != package.required_params]
         variants.append(package)
+        self._allow_events = None
         self._by_key = {p.key: p for vs in self._by_name.values() for p in vs}
         # Most specific variant first, so `dialog;sla` wins over `dialog`.
         variants.sort(key=lambda p: -len(p.required_params))
@@ -28,6 +30,11 @@ class EventRegistry:
     def lookup(self, event: Event) -> EventPackage | None:
         variants = self._by_name.get(event.name)
         if not variants:
+            return None
+        if not event.params:  # the usual case: the variant without required params
+            for pkg in variants:
+                if not pkg.required_params:
+                    return pkg
             return None
         params = set(event.params) - _NEUTRAL_PARAMS
         for pkg in variants:
@@ -53,6 +60,12 @@ class EventRegistry:
             if name not in out:
                 out.append(name)
         return out
+
+    def allow_events(self) -> str:
+        """The Allow-Events value (sent on every SUBSCRIBE 2xx: kept until a register())."""
+        if self._allow_events is None:
+            self._allow_events = ", ".join(self.names())
+        return self._allow_events
 
     def __iter__(self):
         for variants in self._by_name.values():

@@ -102,6 +102,9 @@ MULTI_VALUE = frozenset(
 
 
 _LWS_COLON = re.compile(r"[ \t]*:[ \t]*")
+# The Via every UA sends: `SIP/2.0/UDP host[:port];params`, no LWS, no IPv6.
+# Anything else takes the general path, which also produces the errors.
+_VIA_COMMON = re.compile(r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9._-]+)(?::([0-9]{1,5}))?(?=;|\Z)")
 
 
 def _is_digits(s: str) -> bool:
@@ -172,6 +175,17 @@ class Via:
 
     def __init__(self, raw: str) -> None:
         self.raw = raw
+        m = _VIA_COMMON.match(raw)
+        if m is not None and '"' not in raw:
+            port = m.group(3)
+            if port is None or 0 < int(port) < 65536:
+                self.protocol = "SIP/2.0"
+                self.transport = m.group(1).upper()
+                self.host = m.group(2)
+                self.port = int(port) if port is not None else None
+                end = m.end()
+                self.params = parse_params(raw[end + 1 :].split(";")) if end < len(raw) else {}
+                return
         parts = split_params(raw)
         sent = parts[0].strip()
         # "SIP / 2.0 / UDP host:port" (LWS allowed around slashes)
@@ -272,6 +286,46 @@ class ContentType:
             raise SipParseError("malformed Content-Type")
         self.mime = mime
         self.params = parse_params(parts[1:])
+
+
+# CSeq, Event and Content-Type values repeat on nearly every request; the
+# parsed objects are shared (read-only) like parse_uri's.
+_VALUE_CACHE_MAX = 1024
+_EVENT_CACHE: dict[str, Event] = {}
+_CTYPE_CACHE: dict[str, ContentType] = {}
+
+
+_CSEQ_CACHE: dict[str, CSeq] = {}
+
+
+def parse_cseq(raw: str) -> CSeq:
+    cs = _CSEQ_CACHE.get(raw)
+    if cs is None:
+        cs = CSeq(raw)
+        if len(_CSEQ_CACHE) >= _VALUE_CACHE_MAX:
+            _CSEQ_CACHE.clear()
+        _CSEQ_CACHE[raw] = cs
+    return cs
+
+
+def parse_event(raw: str) -> Event:
+    ev = _EVENT_CACHE.get(raw)
+    if ev is None:
+        ev = Event(raw)
+        if len(_EVENT_CACHE) >= _VALUE_CACHE_MAX:
+            _EVENT_CACHE.clear()
+        _EVENT_CACHE[raw] = ev
+    return ev
+
+
+def parse_content_type(raw: str) -> ContentType:
+    ct = _CTYPE_CACHE.get(raw)
+    if ct is None:
+        ct = ContentType(raw)
+        if len(_CTYPE_CACHE) >= _VALUE_CACHE_MAX:
+            _CTYPE_CACHE.clear()
+        _CTYPE_CACHE[raw] = ct
+    return ct
 
 
 def parse_delta(value: str, name: str) -> int:

@@ -20,8 +20,12 @@ from presenced.sip.headers import (
     SubscriptionState,
     Via,
     canonical_name,
+    _NORM_CACHE,
     normalize_name,
+    parse_content_type,
+    parse_cseq,
     parse_delta,
+    parse_event,
     split_commas,
 )
 from presenced.sip.uri import NameAddr, SipURI, parse_name_addr, parse_uri
@@ -128,7 +132,11 @@ class Message:
     def vias(self) -> list[Via]:
         v = self._cache.get("via")
         if v is None:
-            raw = self.get_all("via")
+            vals = self._index.get("via")
+            if vals and len(vals) == 1 and "," not in vals[0] and vals[0].strip():
+                raw = [vals[0].strip()]  # one Via line with one value: nothing to split
+            else:
+                raw = self.get_all("via")
             if not raw:
                 raise SipParseError("missing Via header")
             v = [Via(x) for x in raw]
@@ -137,7 +145,8 @@ class Message:
 
     @property
     def top_via(self) -> Via:
-        return self.vias[0]
+        v = self._cache.get("via")
+        return v[0] if v is not None else self.vias[0]  # type: ignore[index]
 
     @property
     def call_id(self) -> str:
@@ -153,7 +162,7 @@ class Message:
     def cseq(self) -> CSeq:
         v = self._cache.get("cseq")
         if v is None:
-            v = CSeq(self._single("cseq"))
+            v = parse_cseq(self._single("cseq"))
             self._cache["cseq"] = v
         return v  # type: ignore[return-value]
 
@@ -200,7 +209,11 @@ class Message:
         vals = self._index.get(key)
         if not vals:
             return None
-        return parse_delta(vals[0], canonical_name(key))
+        v = vals[0]
+        if v.isascii() and v.isdigit():  # the usual case; parse_delta strips, checks, names the error
+            n = int(v)
+            return n if n < 4294967295 else 4294967295
+        return parse_delta(v, canonical_name(key))
 
     @property
     def expires(self) -> int | None:
@@ -227,7 +240,7 @@ class Message:
         else:
             if len(vals) > 1 or "," in vals[0]:
                 raise SipParseError("more than one Event header")
-            ev = Event(vals[0])
+            ev = parse_event(vals[0])
         self._cache["event"] = ev
         return ev
 
@@ -255,10 +268,10 @@ class Message:
 
     @property
     def content_type(self) -> ContentType | None:
-        v = self.get("content-type")
-        if v is None or not v.strip():
+        vals = self._index.get("content-type")
+        if not vals or not vals[0].strip():
             return None
-        return ContentType(v)
+        return parse_content_type(vals[0])
 
     @property
     def accept(self) -> list[str] | None:
@@ -294,6 +307,19 @@ class Request(Message):
         self.uri_text = uri
         self._uri: SipURI | None = None
 
+    @classmethod
+    def _parsed(cls, method: str, uri: str, headers: list[tuple[str, str]], index: dict[str, list[str]]) -> Request:
+        """parse_message's constructor: the index is already built."""
+        self = cls.__new__(cls)
+        self.headers = headers
+        self._index = index
+        self._cache = {}
+        self.body = b""
+        self.method = method
+        self.uri_text = uri
+        self._uri = None
+        return self
+
     @property
     def uri(self) -> SipURI:
         if self._uri is None:
@@ -315,11 +341,101 @@ class Response(Message):
         self.status = status
         self.reason = reason
 
+    @classmethod
+    def _parsed(cls, status: int, reason: str, headers: list[tuple[str, str]], index: dict[str, list[str]]) -> Response:
+        self = cls.__new__(cls)
+        self.headers = headers
+        self._index = index
+        self._cache = {}
+        self.body = b""
+        self.status = status
+        self.reason = reason
+        return self
+
     def _start_line(self) -> str:
         return f"SIP/2.0 {self.status} {self.reason}"
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason}>"
+
+
+# Text before a header's colon, as received → (name, lookup key); only names
+# that passed the token check get in, so a hit needs no further validation.
+_LINE_NAMES: dict[str, tuple[str, str]] = {}
+
+
+def _line_name(raw: str, line: str) -> tuple[str, str]:
+    name = raw.rstrip()
+    if not name:
+        raise SipParseError(f"malformed header line '{line[:40]}'")
+    if name not in _KNOWN_NAMES and not is_token(name):
+        raise SipParseError(f"malformed header name '{name[:40]}'")
+    known = (name, normalize_name(name))
+    if len(_LINE_NAMES) < 4096:
+        _LINE_NAMES[raw] = known
+    return known
+
+
+def _split_headers(rest: str, index: dict[str, list[str]]) -> list[tuple[str, str]]:
+    if rest[:1] not in (" ", "\t") and "\n " not in rest and "\n\t" not in rest:
+        # No folded lines (the usual case): the lean loop.
+        headers: list[tuple[str, str]] = []
+        append = headers.append
+        names = _LINE_NAMES.get
+        for line in rest.split("\n") if rest else ():
+            if not line:
+                continue
+            raw, sep, value = line.partition(":")
+            if not sep:
+                raise SipParseError(f"malformed header line '{line[:40]}'")
+            known = names(raw) or _line_name(raw, line)
+            value = value.strip()
+            append((known[0], value))
+            vals = index.get(known[1])
+            if vals is None:
+                index[known[1]] = [value]
+            else:
+                vals.append(value)
+        return headers
+    return _split_folded(rest, index)
+
+
+def _split_folded(rest: str, index: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """Header lines into (name, value) pairs, filling `index` (lower-case name →
+    values) in the same pass: one dict probe per line instead of a second loop."""
+    headers: list[tuple[str, str]] = []
+    append = headers.append
+    norm = _NORM_CACHE.get
+    key = ""
+    for line in (rest.split("\n") if rest else ()):
+        if not line:
+            continue
+        c = line[0]
+        if c == " " or c == "\t":
+            if not headers:
+                raise SipParseError("continuation line before first header")
+            name, value = headers[-1]
+            more = line.strip()
+            if more:
+                value = value + " " + more if value else more
+                headers[-1] = (name, value)
+                index[key][-1] = value
+            continue
+        name, sep, value = line.partition(":")
+        name = name.rstrip()
+        if not sep or not name:
+            raise SipParseError(f"malformed header line '{line[:40]}'")
+        if name not in _KNOWN_NAMES and not is_token(name):
+            raise SipParseError(f"malformed header name '{name[:40]}'")
+        value = value.strip()
+        append((name, value))
+        key = norm(name) or normalize_name(name)
+        vals = index.get(key)
+        if vals is None:
+            index[key] = [value]
+        else:
+            vals.append(value)
+    return headers
 
 
 def _decode(head: bytes) -> str:
@@ -357,27 +473,9 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     first = head if nl < 0 else head[:nl]
     if not first:
         raise SipParseError("empty message")
-    headers: list[tuple[str, str]] = []
-    append = headers.append
-    for line in (head[nl + 1 :].split("\n") if nl >= 0 else ()):
-        if not line:
-            continue
-        c = line[0]
-        if c == " " or c == "\t":
-            if not headers:
-                raise SipParseError("continuation line before first header")
-            name, value = headers[-1]
-            more = line.strip()
-            if more:
-                headers[-1] = (name, value + " " + more if value else more)
-            continue
-        name, sep, value = line.partition(":")
-        name = name.rstrip()
-        if not sep or not name:
-            raise SipParseError(f"malformed header line '{line[:40]}'")
-        if name not in _KNOWN_NAMES and not is_token(name):
-            raise SipParseError(f"malformed header name '{name[:40]}'")
-        append((name, value.strip()))
+    rest = head[nl + 1 :] if nl >= 0 else ""
+    index: dict[str, list[str]] = {}
+    headers = _split_headers(rest, index)
     if len(headers) > MAX_HEADERS:
         raise MessageTooLarge("Message Too Large (too many headers)")
 
@@ -393,7 +491,7 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
         status = int(parts[1])
         if status < 100 or status > 699:
             raise SipParseError("status code out of range", status=0)
-        msg = Response(status, parts[2] if len(parts) > 2 else "", headers)
+        msg = Response._parsed(status, parts[2] if len(parts) > 2 else "", headers, index)
     else:
         parts = first.split(" ")
         if len(parts) != 3:
@@ -401,7 +499,7 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
             if len(parts) != 3:
                 raise SipParseError("malformed request line")
         method, uri, version = parts
-        if not is_token(method):
+        if method not in _KNOWN_NAMES and not is_token(method):
             raise SipParseError("malformed method")
         if version.upper() != "SIP/2.0":
             if version.upper().startswith("SIP/"):
@@ -409,14 +507,14 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
             raise SipParseError("malformed request line")
         if not uri or ":" not in uri or "<" in uri or ">" in uri:
             raise SipParseError("malformed Request-URI")
-        msg = Request(method, uri, headers)
+        msg = Request._parsed(method, uri, headers, index)
 
     cl_vals = msg._index.get("content-length")
     if cl_vals:
         cl_raw = cl_vals[0].strip()
-        if not is_digits(cl_raw):
+        if not (cl_raw.isascii() and cl_raw.isdigit()):
             raise SipParseError("malformed Content-Length", err_status)
-        if any(v.strip() != cl_raw for v in cl_vals[1:]):
+        if len(cl_vals) > 1 and any(v.strip() != cl_raw for v in cl_vals[1:]):
             # RFC 4475 'mcl01': there is no way to know where the body ends.
             raise SipParseError("multiple Content-Length values", err_status)
         cl = int(cl_raw)
@@ -424,7 +522,8 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
             raise MessageTooLarge("Message Too Large (body)")
         if len(body) < cl:
             raise SipParseError("Content-Length larger than message", err_status)
-        body = body[:cl]
+        if len(body) != cl:
+            body = body[:cl]
     elif stream:
         raise SipParseError("missing Content-Length on a stream transport", err_status)
     elif len(body) > MAX_BODY_BYTES:

@@ -92,10 +92,21 @@ def split_params(text: str, sep: str = ";") -> list[str]:
     return out
 
 
+# Parameter names as written (before '=', unstripped) → checked lower-case
+# name: tag, branch, rport, transport... repeat on every message.
+_PARAM_NAMES: dict[str, str] = {}
+
+
 def parse_params(parts: list[str]) -> dict[str, str | None]:
     """`name[=value]` pieces into an ordered dict with lower-case names."""
     params: dict[str, str | None] = {}
+    names = _PARAM_NAMES.get
     for p in parts:
+        raw, eq, value = p.partition("=")
+        name = names(raw)
+        if name is not None:
+            params[name] = value.strip() if eq else None
+            continue
         p = p.strip()
         eq = p.find("=")
         name = (p if eq < 0 else p[:eq]).strip()
@@ -103,6 +114,8 @@ def parse_params(parts: list[str]) -> dict[str, str | None]:
         if not name or _BAD_PARAM_NAME_RE.search(name):
             raise SipParseError("empty or malformed parameter")
         params[name.lower()] = None if eq < 0 else p[eq + 1 :].strip()
+        if len(_PARAM_NAMES) < 4096:
+            _PARAM_NAMES[raw] = name.lower()
     return params
 
 
@@ -221,13 +234,16 @@ def parse_uri(text: str) -> SipURI:
     return uri
 
 
+_SIP_SCHEMES = frozenset(("sip", "sips", "pres", "im", "tel"))
+
+
 def _parse_uri(text: str) -> SipURI:
     text = text.strip()
     colon = text.find(":")
     if colon <= 0:
         raise SipParseError(f"invalid URI '{text[:60]}'")
     scheme = text[:colon].lower()
-    if not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
+    if scheme not in _SIP_SCHEMES and not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
         raise SipParseError(f"invalid URI scheme in '{text[:60]}'")
     rest = text[colon + 1 :]
     if _CTL_RE.search(text):
@@ -330,8 +346,30 @@ class NameAddr:
         return f"NameAddr({self.raw!r})"
 
 
+# `<uri>` or `<uri>;tag=x`: what From, To and Contact nearly always are.
+_NAME_ADDR_PLAIN = re.compile(r"<([^<>\s\"]*:[^<>\s\"]*)>(?:;([A-Za-z0-9.!%*_+`'~-]+)=([^;\s\"]+))?\Z")
+
+
+# `<uri>` without parameters (a To before the dialog, most Contacts) repeats
+# per presentity: shared, read-only, like parse_uri's results.
+_PLAIN_NA_CACHE: dict[str, NameAddr] = {}
+
+
 def parse_name_addr(text: str) -> NameAddr:
+    cached = _PLAIN_NA_CACHE.get(text)
+    if cached is not None:
+        return cached
     raw = text.strip()
+    m = _NAME_ADDR_PLAIN.match(raw)
+    if m is not None:
+        pname = m.group(2)
+        if pname:
+            return NameAddr(None, m.group(1), {pname.lower(): m.group(3)}, raw)
+        na = NameAddr(None, m.group(1), {}, raw)
+        if len(_PLAIN_NA_CACHE) >= 4096:
+            _PLAIN_NA_CACHE.clear()
+        _PLAIN_NA_CACHE[text] = na
+        return na
     if not raw:
         raise SipParseError("empty address")
     lt = raw.find("<")

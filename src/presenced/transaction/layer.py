@@ -17,13 +17,13 @@ or None); the runtime reports a send failure back with `transport_failed`.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from presenced.transaction.timers import TimerHandle, TimerHeap
+from presenced.transaction.timers import DelayQueue, TimerHandle, TimerHeap
 from presenced.sip.errors import SipParseError
 from presenced.sip.message import Request, Response
+from presenced.sip.tokens import token_hex
 
 T1 = 0.5
 T2 = 4.0
@@ -49,7 +49,7 @@ class Address:
 
 
 def new_branch() -> str:
-    return MAGIC + secrets.token_hex(8)
+    return MAGIC + token_hex(8)
 
 
 def server_key(req: Request) -> tuple:
@@ -104,6 +104,9 @@ class TransactionLayer:
         self.server: dict[tuple, ServerTransaction] = {}
         self.client: dict[tuple, ClientTransaction] = {}
         self.outbox: list[tuple[bytes, Address, ClientTransaction | None]] = []
+        # Timers J and K have fixed durations: queues instead of a heap entry each.
+        self._linger = DelayQueue(timers, self._timer_j)
+        self._absorb = DelayQueue(timers, self._timer_k)
         self.stats = {"retransmissions_absorbed": 0, "notify_retransmits": 0, "client_timeouts": 0, "stray_responses": 0}
 
     # -- server side -------------------------------------------------------
@@ -128,7 +131,7 @@ class TransactionLayer:
         return st
 
     def respond(self, st: ServerTransaction, data: bytes, dest: Address, now: float, final: bool = True) -> None:
-        if st.completed:
+        if st.last_response is not None:
             # §17.2.2: any other response from the TU once Completed is discarded.
             return
         self.outbox.append((data, dest, None))
@@ -136,11 +139,14 @@ class TransactionLayer:
             st.provisional = (data, dest)
             return
         st.last_response = (data, dest)
-        linger = 64 * self.t1 if not st.source.reliable else 0.0
+        t = st.source.transport
+        linger = 64 * self.t1 if t == "udp" or t == "UDP" else 0.0
         if linger <= 0:
             self.server.pop(st.key, None)
-        else:
-            st.timer = self.timers.schedule(now + linger, self._timer_j, st)
+            return
+        when = now + linger
+        if not self._linger.add(when, st):
+            st.timer = self.timers.schedule(when, self._timer_j, st)
 
     def _timer_j(self, now: float, st: ServerTransaction) -> None:
         if self.server.get(st.key) is st:
@@ -223,6 +229,7 @@ class TransactionLayer:
         if ct.dest.reliable:
             del self.client[key]
         else:
-            self.timers.schedule(now + self.t4, self._timer_k, ct)
+            if not self._absorb.add(now + self.t4, ct):
+                self.timers.schedule(now + self.t4, self._timer_k, ct)
         ct.on_result(resp)
         return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
 from typing import Any, Callable
 
 
@@ -59,3 +60,41 @@ class TimerHeap:
             h.callback(now, *h.args)
             fired += 1
         return fired
+
+
+class DelayQueue:
+    """Timers that all run `expire(now, item)` a fixed delay after being added.
+
+    With one delay and a clock that only moves forward, deadlines arrive in
+    order: a deque plus one TimerHeap entry for its head replaces a heap
+    entry per item (Timer J for every answered request, Timer K for every
+    NOTIFY). `add` returns False when a deadline would be out of order (the
+    clock went back); the caller then schedules that item on the heap.
+    """
+
+    __slots__ = ("timers", "expire", "items", "handle")
+
+    def __init__(self, timers: TimerHeap, expire: Callable[[float, Any], Any]) -> None:
+        self.timers = timers
+        self.expire = expire
+        self.items: deque[tuple[float, Any]] = deque()
+        self.handle: TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, when: float, item: Any) -> bool:
+        items = self.items
+        if items and when < items[-1][0]:
+            return False
+        items.append((when, item))
+        if self.handle is None:
+            self.handle = self.timers.schedule(when, self._run)
+        return True
+
+    def _run(self, now: float) -> None:
+        items = self.items
+        expire = self.expire
+        while items and items[0][0] <= now:
+            expire(now, items.popleft()[1])
+        self.handle = self.timers.schedule(items[0][0], self._run) if items else None

@@ -8,7 +8,8 @@ from typing import Callable
 
 from presenced.transaction.layer import Address
 
-MAX_DATAGRAM = 65535  # RFC 3261 §18.1.1: must accept up to 65,535 bytes
+MAX_DATAGRAM = 65535
+_BLANK = (b"", b"\r", b"\n", b"\x00", b" ")  # RFC 3261 §18.1.1: must accept up to 65,535 bytes
 
 
 class UdpListener(asyncio.DatagramProtocol):
@@ -21,26 +22,36 @@ class UdpListener(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self._local_for_peer: dict[str, str] = {}
         self.wildcard = host in ("0.0.0.0", "::", "")
+        self._peers: dict[tuple, tuple[Address, tuple[str, int]]] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         sockname = transport.get_extra_info("sockname")
         if sockname:
             self.port = sockname[1]
+        self._peers.clear()
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
-        if not data.strip(b"\r\n\x00 "):
+        if data[:1] in _BLANK and not data.strip(b"\r\n\x00 "):
             return  # keep-alive datagram
-        host, port = addr[0], addr[1]
-        local_host = self.local_address_for(host) if self.wildcard else self.host
-        self.on_message(data, Address("udp", host, port, self), (local_host, self.port))
+        # Peers repeat: one Address (and local address) per peer, not per datagram.
+        peer = self._peers.get(addr)
+        if peer is None:
+            host, port = addr[0], addr[1]
+            local_host = self.local_address_for(host) if self.wildcard else self.host
+            peer = (Address("udp", host, port, self), (local_host, self.port))
+            if len(self._peers) >= 10000:
+                self._peers.clear()
+            self._peers[addr] = peer
+        self.on_message(data, peer[0], peer[1])
 
     def error_received(self, exc: Exception) -> None:
         pass  # ICMP errors for earlier sends; the transaction layer times out
 
     def send(self, data: bytes, host: str, port: int) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(data, (host, port))
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.sendto(data, (host, port))
 
     def local_address_for(self, peer: str) -> str:
         """Which local address routes to `peer` (for Via/Contact when bound to a wildcard)."""
