@@ -466,6 +466,10 @@ async def run_server(name: str, a, rundir: str) -> dict:
             raise RuntimeError(f"{name} exited; see {log.name}")
 
         def sample(label: str) -> dict:
+            if a.signal_on_sample and name != "kamailio":
+                # e.g. a tracemalloc wrapper that dumps a snapshot on SIGUSR2 (see --help)
+                os.kill(proc.pid, getattr(signal, "SIG" + a.signal_on_sample))
+                time.sleep(a.signal_wait)
             m = tree_mem(proc.pid)
             m["t"] = round(time.time() - t_start, 1)
             m["cpu_s"] = round(tree_cpu(proc.pid), 2)
@@ -718,6 +722,10 @@ def main() -> int:
                     help="do not load ctl.so into Kamailio (no core.shmmem readings)")
     ap.add_argument("--kamcmd-lists", action="store_true",
                     help="also dump presence.presentity_list via kamcmd (slow with 100k entries)")
+    ap.add_argument("--signal-on-sample", metavar="USR2",
+                    help="send this signal to presenced before each memory sample, for profiling with a wrapper "
+                         "given as --venv DIR (DIR/bin/presenced) that e.g. dumps a tracemalloc snapshot on it")
+    ap.add_argument("--signal-wait", type=float, default=5.0, help="seconds to wait after --signal-on-sample")
     ap.add_argument("--venv", default=os.environ.get("VENV", os.path.join(ROOT, ".venv")))
     ap.add_argument("--out", help="results directory (default bench/results/<stamp>-state-memory)")
     a = ap.parse_args()
