@@ -32,7 +32,11 @@ clean:
 # storage backend and mode (BENCH_BACKENDS=memory,sqlite,postgresql,mysql,
 # BENCH_STORE_MODES=wt,wb,db, BENCH_MODE=quick|full, BENCH_STEP_SECONDS=N;
 # see bench/backends.py) into bench/results/<stamp>-backends/RESULTS.md.
-.PHONY: bench-micro bench-backends
+# `make bench-memory` holds 100,000 publications + 100,000 subscriptions in
+# Kamailio (memory-only) and presenced and compares their PSS (bench/state_memory.py,
+# ARGS="--servers kamailio,presenced --records 20000" etc.) into
+# bench/results/<stamp>-state-memory/RESULTS.md.
+.PHONY: bench-micro bench-backends bench-memory
 bench: venv
 	VENV=$(VENV) bash bench/run-vs-kamailio.sh
 
@@ -41,3 +45,6 @@ bench-micro: venv
 
 bench-backends: venv
 	$(PY) bench/backends.py $(ARGS)
+
+bench-memory: venv
+	BENCH_MEMORY_MAKE="make bench-memory$(if $(ARGS), ARGS='$(ARGS)')" $(PY) bench/state_memory.py $(ARGS)

@@ -75,6 +75,8 @@ class RulesAuthorizer:
             self.spheres[pres_uri] = sphere
         decision: Decision | None = evaluate(ruleset, watcher_uri, pres_uri, now_unix=now_unix, sphere=sphere)
         if sub is not None:
+            if sub.extra is None:
+                sub.extra = {}
             sub.extra["transformations"] = decision.transformations if decision is not None else None
         if decision is None:
             return "terminated", "rejected"
@@ -100,7 +102,7 @@ class RulesAuthorizer:
         return pres_uri in self.rules
 
     def filter_body(self, body: bytes, sub: "Subscription") -> bytes:
-        t: Any = sub.extra.get("transformations")
+        t: Any = sub.extra.get("transformations") if sub.extra is not None else None
         if t is None or not body:
             return body
         try:

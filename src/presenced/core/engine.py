@@ -108,6 +108,11 @@ class PresenceEngine:
         self._pending_watchers: dict[tuple[str, str], set[str]] = {}
         self._composed: dict[tuple[str, str], VersionedBody | None] = {}
         self._key_cache: dict[str, str] = {}
+        # Memory (bench/state_memory.py): one bound method per engine instead of one per
+        # armed timer, and one local Contact string per listening address.
+        self._pub_expired_cb = self._publication_expired
+        self._sub_expired_cb = self._subscription_expired
+        self._contact_cache: dict[tuple[str, int, str], str] = {}
         self._fanout: deque[tuple[Subscription, EventPackage]] = deque()
         self._fanout_pending: set[tuple] = set()
         self._pub_seq = 0
@@ -165,17 +170,24 @@ class PresenceEngine:
     def local_contact(self, ctx: RequestContext, sips: bool = False) -> str:
         if self.server_address:
             return self.server_address
+        transport = ctx.source.transport
+        ck = (ctx.local_host, ctx.local_port, transport, sips)
+        c = self._contact_cache.get(ck)
+        if c is not None:
+            return c
         host = ctx.local_host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        transport = ctx.source.transport
         if sips and transport in ("tls", "wss"):
             # RFC 3261 §12.1.1: a dialog set up by a sips: request gets a sips:
             # Contact (RFC 5630: no transport=tls; RFC 7118: sips+ws is WSS).
-            return f"sips:{host}:{ctx.local_port}" + (";transport=ws" if transport == "wss" else "")
-        c = f"sip:{host}:{ctx.local_port}"
-        if transport != "udp":
-            c += f";transport={transport}"
+            c = f"sips:{host}:{ctx.local_port}" + (";transport=ws" if transport == "wss" else "")
+        else:
+            c = f"sip:{host}:{ctx.local_port}"
+            if transport != "udp":
+                c += f";transport={transport}"
+        if len(self._contact_cache) < 256:
+            self._contact_cache[ck] = c
         return c
 
     def _lookup_package(self, req: Request) -> EventPackage | Reply:
@@ -290,7 +302,7 @@ class PresenceEngine:
     def _arm_publication(self, pub: Publication) -> None:
         if pub.timer is not None:
             pub.timer.cancel()
-        pub.timer = self.timers.schedule(pub.expires_at, self._publication_expired, pub)
+        pub.timer = self.timers.schedule(pub.expires_at, self._pub_expired_cb, pub)
 
     def _publication_expired(self, now: float, pub: Publication) -> None:
         if self.etags.get(pub.etag) is not pub:
@@ -685,14 +697,15 @@ class PresenceEngine:
         self._composed.pop(key, None)
 
     def adopt_subscription(self, sub: Subscription) -> None:
-        self.subs_by_dialog[sub.key] = sub
-        self.subs_by_presentity.setdefault((sub.pres_uri, sub.event), {})[sub.key] = sub
+        key = sub.key  # one tuple for both indexes
+        self.subs_by_dialog[key] = sub
+        self.subs_by_presentity.setdefault((sub.pres_uri, sub.event), {})[key] = sub
         self.rearm_subscription(sub)
 
     def rearm_subscription(self, sub: Subscription) -> None:
         if sub.timer is not None:
             sub.timer.cancel()
-        sub.timer = self.timers.schedule(sub.expires_at, self._subscription_expired, sub)
+        sub.timer = self.timers.schedule(sub.expires_at, self._sub_expired_cb, sub)
 
     def forget_subscription(self, sub: Subscription) -> None:
         journal, self.journal = self.journal, None

@@ -6,7 +6,7 @@ where one exists, so storage backends map them one to one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from presenced.transaction.layer import Address
@@ -65,7 +65,7 @@ class Subscription:
     notifies_sent: int = 0
     last_notify_status: int | None = None
     notify_origin: float | None = None  # when the oldest state change not yet NOTIFIED was accepted (metrics only)
-    extra: dict = field(default_factory=dict)
+    extra: dict | None = None          # created on first use (most subscriptions never need one)
 
     @property
     def key(self) -> tuple:
