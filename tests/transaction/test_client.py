@@ -186,9 +186,9 @@ def test_same_branch_two_methods_are_two_transactions(h):
 def test_transport_failed_reports_none_immediately_once(h):
     ct, rec = start(h, TCP_PEER)
     h.advance_to(0.1)
-    h.layer.transport_failed(ct)
+    h.layer.transport_failed(ct, h.now)
     assert rec.calls == [(0.1, None)]
-    h.layer.transport_failed(ct)
+    h.layer.transport_failed(ct, h.now)
     h.advance_to(100.0)
     assert rec.results == [None]
     assert ct.key not in h.layer.client
@@ -198,7 +198,7 @@ def test_transport_failed_reports_none_immediately_once(h):
 def test_transport_failed_over_udp_stops_retransmissions(h):
     ct, rec = start(h)
     h.advance_to(1.0)
-    h.layer.transport_failed(ct)
+    h.layer.transport_failed(ct, h.now)
     h.advance_to(100.0)
     assert h.send_times(ct) == [0.0, 0.5]
     assert rec.results == [None]
@@ -208,7 +208,7 @@ def test_transport_failed_after_final_is_ignored(h):
     ct, rec = start(h)
     resp = response(200, BRANCH)
     h.layer.receive_response(resp, h.now)
-    h.layer.transport_failed(ct)
+    h.layer.transport_failed(ct, h.now)
     assert rec.results == [resp]
 
 
@@ -260,7 +260,7 @@ def test_callback_may_start_a_new_transaction(h):
     followups: list[ClientTransaction] = []
     rec2 = Recorder(h)
 
-    def on_result(resp):
+    def on_result(resp, now):
         followups.append(h.layer.send_request(NOTIFY, "z9hG4bKnext", "NOTIFY", UDP_PEER, h.now, rec2))
 
     h.layer.send_request(NOTIFY, BRANCH, "NOTIFY", UDP_PEER, h.now, on_result)

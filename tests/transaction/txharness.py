@@ -136,8 +136,10 @@ class Recorder:
         self.harness = harness
         self.calls: list[tuple[float | None, object]] = []
 
-    def __call__(self, resp) -> None:
-        self.calls.append((self.harness.now if self.harness else None, resp))
+    def __call__(self, resp, now: float) -> None:
+        if self.harness is not None:
+            assert now == self.harness.now, "on_result must carry the time of the event that ended the transaction"
+        self.calls.append((now, resp))
 
     @property
     def results(self) -> list[object]:

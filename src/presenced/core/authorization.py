@@ -68,7 +68,7 @@ class RulesAuthorizer:
         ruleset = self.rules.get(pres_uri)
         if ruleset is None:
             return default_decision(watcher_uri, pres_uri, self.no_rules_policy)
-        now_unix = self.engine._now_hint() + self.engine.wall_offset
+        now_unix = self.engine.now + self.engine.wall_offset
         sphere = None
         if self.sphere_check:
             sphere = self.current_sphere(pres_uri)
@@ -83,7 +83,7 @@ class RulesAuthorizer:
         return decision_to_status(decision)
 
     def current_sphere(self, pres_uri: str) -> str | None:
-        return compute_sphere(self.engine.composed_bodies(pres_uri, "presence", self.engine._now_hint()))
+        return compute_sphere(self.engine.composed_bodies(pres_uri, "presence", self.engine.now))
 
     def publication_changed(self, pres_uri: str, event: str, now: float) -> None:
         """Engine hook: re-authorize the watchers when the published sphere moved."""

@@ -129,6 +129,10 @@ class PresenceEngine:
         # DB-only modes (runtime/shared.py): asked before a record expires; False
         # means "not yet": the runtime checks the database and calls back.
         self.expiry_guard: Callable[[Publication | Subscription], bool] | None = None
+        # The time of the event being handled, set by every entry point (SipCore
+        # receive, timers, transport failures; the runtime before DB-only reloads).
+        # Hooks without a `now` argument (the authorizer) read it here.
+        self.now = 0.0
         # Metrics: on_notify_latency(event_key, seconds) is called when a NOTIFY
         # carrying state a PUBLISH changed is handed to the transaction layer,
         # with the time since that PUBLISH was accepted (fan-out queueing
@@ -593,7 +597,7 @@ class PresenceEngine:
 
     def _set_watcher(self, wkey: tuple[str, str, str], decision: tuple[str, str | None], since: float | None = None) -> None:
         self.watchers[wkey] = decision
-        self.watcher_since[wkey] = self._now_hint() if since is None else since
+        self.watcher_since[wkey] = self.now if since is None else since
         pk = (wkey[0], wkey[1])
         if decision[0] == "pending":
             self._pending_watchers.setdefault(pk, set()).add(wkey[2])
@@ -800,7 +804,7 @@ class PresenceEngine:
             hook = self.on_notify_latency
             if hook is not None:
                 hook(pkg.key, now - origin)
-        self.tx.send_request(data, branch, "NOTIFY", dest, now, lambda resp, s=sub: self._notify_result(s, resp))
+        self.tx.send_request(data, branch, "NOTIFY", dest, now, lambda resp, t, s=sub: self._notify_result(s, resp, t))
 
     def _destination(self, sub: Subscription, next_hop: str, size: int) -> Address:
         src = sub.source
@@ -827,7 +831,7 @@ class PresenceEngine:
             dest = _UDP_DESTS[(host, port)] = Address("udp", host, port, None)
         return dest
 
-    def _notify_result(self, sub: Subscription, resp: Response | None) -> None:
+    def _notify_result(self, sub: Subscription, resp: Response | None, now: float) -> None:
         code = resp.status if resp is not None else 408
         sub.last_notify_status = code
         if resp is None:
@@ -847,12 +851,7 @@ class PresenceEngine:
             pkg = self.registry.get(sub.event)
             if pkg is not None and pkg.winfo:
                 sub.watcher_event = "noresource" if code != 408 else "timeout"
-                self._winfo_changed(sub, pkg, self._now_hint(), terminated=True)
-
-    def _now_hint(self) -> float:
-        # Results arrive from transaction callbacks which already ran at `now`;
-        # the newest known time is the earliest pending deadline minus nothing.
-        return getattr(self, "_last_now", 0.0)
+                self._winfo_changed(sub, pkg, now, terminated=True)
 
     # ----------------------------------------------------------------- winfo
     def _winfo_subscribers(self, sub: Subscription, pkg: EventPackage) -> list[Subscription]:

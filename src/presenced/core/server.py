@@ -112,7 +112,7 @@ class SipCore:
         from presenced.events.formats.reginfo import ContactEntry, render_reginfo
 
         assert self.registrar is not None
-        now = self.engine._last_now
+        now = self.engine.now
         contacts = [
             ContactEntry(
                 id=b.id, uri=b.contact, state="active", event="registered", expires=max(0, int(b.expires_at - now)),
@@ -158,7 +158,7 @@ class SipCore:
         return self.timers.next_deadline()
 
     def handle_timers(self, now: float) -> None:
-        self.engine._last_now = now
+        self.engine.now = now
         try:
             self.timers.run_due(now)
             if self.engine._fanout:
@@ -168,12 +168,12 @@ class SipCore:
             self.stats["internal_errors"] += 1
 
     def transport_failed(self, ct: ClientTransaction, now: float) -> None:
-        self.engine._last_now = now
-        self.tx.transport_failed(ct)
+        self.engine.now = now
+        self.tx.transport_failed(ct, now)
 
     # --------------------------------------------------------------- receive
     def receive(self, data: bytes, source: Address, local: tuple[str, int], now: float, *, stream: bool = False) -> None:
-        self.engine._last_now = now
+        self.engine.now = now
         try:
             msg = parse_message(data, stream=stream)
         except SipParseError as e:
@@ -375,7 +375,7 @@ class SipCore:
     def credentials_fetched(self, user: str, domain: str, row: Any, now: float) -> None:
         """The runtime's lookup finished (`row` None: no such user): cache it and
         let the requests that waited for it through authentication again."""
-        self.engine._last_now = now
+        self.engine.now = now
         if row is not None:
             self.credentials[(row.username, row.domain.lower())] = _credentials(row)
         waiting = self._parked.pop((user, domain.lower()), [])

@@ -431,7 +431,7 @@ class Server:
                 results = await asyncio.gather(
                     *(bounded(shared.fetch(job[0]), LOAD_TIMEOUT) for job in jobs), return_exceptions=True)
                 now = self.loop.time()
-                self.core.engine._last_now = now
+                self.core.engine.now = now
                 for res in results:
                     if isinstance(res, BaseException):  # store down: answer from what memory holds
                         shared.load_errors += 1

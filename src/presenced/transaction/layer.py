@@ -85,7 +85,7 @@ class ServerTransaction:
 class ClientTransaction:
     __slots__ = ("key", "data", "dest", "on_result", "timer_e", "timer_f", "interval", "done", "retransmits")
 
-    def __init__(self, key: tuple, data: bytes, dest: Address, on_result: Callable[[Response | None], None]) -> None:
+    def __init__(self, key: tuple, data: bytes, dest: Address, on_result: Callable[[Response | None, float], None]) -> None:
         self.key = key
         self.data = data
         self.dest = dest
@@ -155,7 +155,7 @@ class TransactionLayer:
     # -- client side -------------------------------------------------------
     def send_request(
         self, data: bytes, branch: str, method: str, dest: Address, now: float,
-        on_result: Callable[[Response | None], None],
+        on_result: Callable[[Response | None, float], None],
     ) -> ClientTransaction:
         key = (branch, method)
         ct = ClientTransaction(key, data, dest, on_result)
@@ -184,7 +184,7 @@ class TransactionLayer:
         if self.client.get(ct.key) is ct:
             del self.client[ct.key]
         self.stats["client_timeouts"] += 1
-        ct.on_result(None)
+        ct.on_result(None, now)
 
     def _finish(self, ct: ClientTransaction) -> None:
         ct.done = True
@@ -197,14 +197,14 @@ class TransactionLayer:
         if self.client.get(ct.key) is ct:
             del self.client[ct.key]
 
-    def transport_failed(self, ct: ClientTransaction) -> None:
+    def transport_failed(self, ct: ClientTransaction, now: float) -> None:
         """The transport could not send (e.g. TCP connect refused): fail now."""
         if ct.done:
             return
         self._finish(ct)
         if self.client.get(ct.key) is ct:
             del self.client[ct.key]
-        ct.on_result(None)
+        ct.on_result(None, now)
 
     def receive_response(self, resp: Response, now: float) -> bool:
         """Match a response to a client transaction (§17.1.3). False if stray."""
@@ -231,5 +231,5 @@ class TransactionLayer:
         else:
             if not self._absorb.add(now + self.t4, ct):
                 self.timers.schedule(now + self.t4, self._timer_k, ct)
-        ct.on_result(resp)
+        ct.on_result(resp, now)
         return True
