@@ -318,10 +318,19 @@ def test_winfo_non_owner_refused_403(server, phones, transport):
 
 # --------------------------------------------------- transport of NOTIFYs
 def test_large_notify_to_udp_watcher_goes_over_tcp(server, phones, presentity):
-    w = phones(server, "udp")
-    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lsock.bind((HOST, w.port))  # same port number as the watcher's UDP socket
+    # The watcher's UDP port number must also be free for TCP (an ephemeral
+    # port can be taken by some TCP connection): try watchers until one is.
+    for _ in range(50):
+        w = phones(server, "udp")
+        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            lsock.bind((HOST, w.port))  # same port number as the watcher's UDP socket
+            break
+        except OSError:
+            lsock.close()
+    else:
+        pytest.fail("no UDP port whose number was also free for TCP")
     lsock.listen(4)
     lsock.settimeout(4)
     try:
