@@ -220,3 +220,24 @@ def test_entering_the_sphere_activates_a_pending_watcher(spawn, tmp_path):
     seen = bob.notifies(dlg, window=1.0)
     assert [sub_state(x).split(";")[0] for x in seen] == ["active"]
     assert b"in the office" in seen[0].body
+
+
+def test_pending_watcher_that_leaves_is_listed_waiting(spawn, rules_db):
+    """RFC 3857/3858 over real sockets: carol (confirm) unsubscribes while still
+    pending; the owner's next full winfo state lists her as waiting."""
+    import base64
+
+    srv = spawn("--db-url", rules_db)
+    carol = Phone(srv.port, user="carol")
+    resp, cd = carol.subscribe("sip:alice@127.0.0.1")
+    assert resp.status == 200
+    assert sub_state(carol.expect_notify(cd)).split(";")[0] == "pending"
+    resp, _ = carol.subscribe("sip:alice@127.0.0.1", expires=0, dialog=cd)
+    assert resp.status == 200
+    owner = Phone(srv.port, user="alice")
+    resp, wd = owner.subscribe("sip:alice@127.0.0.1", event="presence.winfo")
+    assert resp.status == 200
+    full = owner.expect_notify(wd)
+    assert b'state="full"' in full.body
+    assert b'status="waiting"' in full.body and b"sip:carol@127.0.0.1" in full.body
+    assert base64.b64encode(b"sip:carol@127.0.0.1") in full.body  # the watcher id
