@@ -112,3 +112,18 @@ def test_unknown_users_are_refused_quickly(auth_server):
     assert time.monotonic() - started < 3
     # alice (cached) is unaffected
     assert _publish_as(Phone(auth_server.port, user="alice"), "alice", "s3cret").status == 200
+
+
+def test_changed_password_works_at_once_and_the_old_one_stops(auth_server, tmp_path):
+    """A wrong password for a cached user makes the server look the user up once
+    (a password changed with `presenced user passwd` is not refused for 30 s)."""
+    import time
+
+    alice = Phone(auth_server.port, user="alice")
+    assert _publish_as(alice, "alice", "s3cret").status == 200  # cached
+    r = cli("user", "passwd", "alice@127.0.0.1", "n3w-pass", "--db-url", f"sqlite://{tmp_path}/auth.db")
+    assert r.returncode == 0, r.stderr
+    started = time.monotonic()
+    assert _publish_as(alice, "alice", "n3w-pass").status == 200
+    assert time.monotonic() - started < 1.0
+    assert _publish_as(alice, "alice", "s3cret").status == 401

@@ -343,6 +343,14 @@ class SipCore:
         if result.ok:
             ctx.identity = f"sip:{result.username}@{result.domain}"
             return True
+        if (result.reason == "wrong password" and self.credentials_miss is not None and not self._resuming
+                and result.username and self._n_parked < MAX_PARKED
+                and self.credentials_miss(result.username, result.domain or realm)):
+            # The password may have changed (or the user gone) since the cache was
+            # filled: ask the database once (rate-limited by the runtime), then retry.
+            self._parked.setdefault((result.username, (result.domain or realm).lower()), []).append((req, st, ctx))
+            self._n_parked += 1
+            return False
         if result.rate_limited:
             log.warning("auth: %s locked out after repeated failures (%s %s)", ctx.source.host, req.method, req.get("call-id"))
             headers = [("Retry-After", str(int(result.retry_after or 60)))]
@@ -372,12 +380,15 @@ class SipCore:
         self._n_parked += 1
         return True
 
-    def credentials_fetched(self, user: str, domain: str, row: Any, now: float) -> None:
-        """The runtime's lookup finished (`row` None: no such user): cache it and
-        let the requests that waited for it through authentication again."""
+    def credentials_fetched(self, user: str, domain: str, row: Any, now: float, *, failed: bool = False) -> None:
+        """The runtime's lookup finished (`row` None: no such user; `failed`: the
+        database did not answer): cache it and let the requests that waited for
+        it through authentication again."""
         self.engine.now = now
         if row is not None:
             self.credentials[(row.username, row.domain.lower())] = _credentials(row)
+        elif not failed:
+            self.credentials.pop((user, domain.lower()), None)  # removed from the subscriber table
         waiting = self._parked.pop((user, domain.lower()), [])
         self._n_parked -= len(waiting)
         self._resuming = True

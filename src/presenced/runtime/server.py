@@ -252,20 +252,23 @@ class Server:
     async def _fetch_credentials(self, user: str, domain: str, key: tuple[str, str]) -> None:
         assert self.loop is not None and self.persistence is not None
         row = None
+        failed = False
         try:
             row = await asyncio.wait_for(self.persistence.store.get_subscriber(user, domain), CREDENTIALS_LOOKUP_TIMEOUT)
         except Exception as e:
+            failed = True
             log.warning("looking up credentials of %s@%s failed: %s", user, domain, str(e) or type(e).__name__)
         finally:
             self._cred_inflight.discard(key)
         now = self.loop.time()
-        if row is None:
-            if len(self._cred_negative) >= 10_000:
-                self._cred_negative = {k: t for k, t in self._cred_negative.items() if t > now}
-            self._cred_negative[key] = now + CREDENTIALS_NEGATIVE_TTL
-        else:
-            log.info("credentials of %s@%s loaded on first use", user, domain)
-        self.core.credentials_fetched(user, domain, row, now)
+        # Found or not, the same name is not looked up again for a few seconds:
+        # wrong-password guesses must not turn into database queries.
+        if len(self._cred_negative) >= 10_000:
+            self._cred_negative = {k: t for k, t in self._cred_negative.items() if t > now}
+        self._cred_negative[key] = now + CREDENTIALS_NEGATIVE_TTL
+        if row is not None:
+            log.info("credentials of %s@%s loaded from the database", user, domain)
+        self.core.credentials_fetched(user, domain, row, now, failed=failed)
         self._flush()
 
     async def _refresh_credentials(self, period: float = 30.0) -> None:
