@@ -8,6 +8,7 @@ with PRESENCED_TEST_PG_URL / PRESENCED_TEST_MYSQL_URL.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 
@@ -83,6 +84,31 @@ async def raw_fetch(store, sql: str, params=()) -> list[tuple]:
 async def raw_exec(store, sql: str, params=()) -> int:
     sql = schema._ph(store.dialect, sql.format(**store.names))
     return (await store._run([(sql, params, False)]))[0]
+
+
+@contextlib.asynccontextmanager
+async def private_database(dialect: str):
+    """A connected store in a fresh PostgreSQL schema / MySQL database, dropped
+    afterwards (for DDL that must run under Kamailio's own table names)."""
+    ns = f"kam_{uuid.uuid4().hex[:8]}"
+    admin = await open_store(PG_URL if dialect == "postgresql" else MYSQL_URL, dialect)
+    try:
+        if dialect == "postgresql":
+            await raw_exec(admin, f"CREATE SCHEMA {ns}")
+            url = f"{PG_URL}?search_path={ns}"
+        else:
+            await raw_exec(admin, f"CREATE DATABASE {ns}")
+            url = MYSQL_URL.rsplit("/", 1)[0] + f"/{ns}"
+        store = Store.from_url(url)
+        await store.connect()
+        try:
+            yield store
+        finally:
+            await store.close()
+    finally:
+        drop = f"DROP SCHEMA {ns} CASCADE" if dialect == "postgresql" else f"DROP DATABASE {ns}"
+        await raw_exec(admin, drop)
+        await admin.close()
 
 
 # --- row factories -----------------------------------------------------------------

@@ -6,7 +6,6 @@ import asyncio
 import os
 import pathlib
 import sqlite3
-import uuid
 
 import pytest
 from storage_support import (
@@ -16,6 +15,7 @@ from storage_support import (
     ext_for,
     open_store,
     pres,
+    private_database,
     raw_exec,
     raw_fetch,
     sql_only,
@@ -214,31 +214,14 @@ async def test_server_database_created_by_kamailio(dialect):
     sql = kamailio_sql("postgres" if dialect == "postgresql" else "mysql")
     if sql is None:
         pytest.skip(f"Kamailio's {dialect} presence-create.sql is not installed")
-    ns = f"kam_{uuid.uuid4().hex[:8]}"
-    admin = await open_store(PG_URL if dialect == "postgresql" else MYSQL_URL, dialect)
-    try:
-        if dialect == "postgresql":
-            await raw_exec(admin, f"CREATE SCHEMA {ns}")
-            url = f"{PG_URL}?search_path={ns}"
-        else:
-            await raw_exec(admin, f"CREATE DATABASE {ns}")
-            url = MYSQL_URL.rsplit("/", 1)[0] + f"/{ns}"
-        store = Store.from_url(url)
-        await store.connect()
-        try:
-            blob = (
-                "'\\xff003c70726573656e63652f3e'::bytea" if dialect == "postgresql" else "X'FF003C70726573656E63652F3E'"
-            )
-            ddl = statements(sql[0]) + statements(sql[1])
-            ddl += kamailio_rows_sql(schema.table_names(None), blob)
-            await store._run([(s, (), False) for s in ddl])
-            await check_kamailio_rows(store)
-        finally:
-            await store.close()
-    finally:
-        drop = f"DROP SCHEMA {ns} CASCADE" if dialect == "postgresql" else f"DROP DATABASE {ns}"
-        await raw_exec(admin, drop)
-        await admin.close()
+    async with private_database(dialect) as store:
+        blob = (
+            "'\\xff003c70726573656e63652f3e'::bytea" if dialect == "postgresql" else "X'FF003C70726573656E63652F3E'"
+        )
+        ddl = statements(sql[0]) + statements(sql[1])
+        ddl += kamailio_rows_sql(schema.table_names(None), blob)
+        await store._run([(s, (), False) for s in ddl])
+        await check_kamailio_rows(store)
 
 
 # --- URLs and errors ----------------------------------------------------------------

@@ -5,13 +5,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import sqlite3
-import uuid
 
 import pytest
 from storage_support import (
-    MYSQL_URL,
-    PG_URL,
-    open_store,
+    private_database,
     raw_exec,
     raw_fetch,
     sql_only,
@@ -322,24 +319,7 @@ async def test_server_subscriber_created_by_kamailio(dialect):
     sql = kamailio_auth_sql("postgres" if dialect == "postgresql" else "mysql")
     if sql is None:
         pytest.skip(f"Kamailio's {dialect} auth_db-create.sql is not installed")
-    ns = f"kam_{uuid.uuid4().hex[:8]}"
-    admin = await open_store(PG_URL if dialect == "postgresql" else MYSQL_URL, dialect)
-    try:
-        if dialect == "postgresql":
-            await raw_exec(admin, f"CREATE SCHEMA {ns}")
-            url = f"{PG_URL}?search_path={ns}"
-        else:
-            await raw_exec(admin, f"CREATE DATABASE {ns}")
-            url = MYSQL_URL.rsplit("/", 1)[0] + f"/{ns}"
-        store = Store.from_url(url)
-        await store.connect()
-        try:
-            ddl = statements(sql[0]) + statements(sql[1]) + [kamctl_insert()]
-            await store._run([(s, (), False) for s in ddl])
-            await check_kamailio_subscriber(store)
-        finally:
-            await store.close()
-    finally:
-        drop = f"DROP SCHEMA {ns} CASCADE" if dialect == "postgresql" else f"DROP DATABASE {ns}"
-        await raw_exec(admin, drop)
-        await admin.close()
+    async with private_database(dialect) as store:
+        ddl = statements(sql[0]) + statements(sql[1]) + [kamctl_insert()]
+        await store._run([(s, (), False) for s in ddl])
+        await check_kamailio_subscriber(store)
