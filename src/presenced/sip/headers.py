@@ -7,6 +7,7 @@ needs its Accept header parsed, so it never pays for it.
 from __future__ import annotations
 
 import re
+from typing import Any, Callable
 
 from presenced.sip.errors import SipParseError
 from presenced.sip.uri import parse_params, split_hostport, split_params
@@ -298,34 +299,25 @@ _CTYPE_CACHE: dict[str, ContentType] = {}
 _CSEQ_CACHE: dict[str, CSeq] = {}
 
 
-def parse_cseq(raw: str) -> CSeq:
-    cs = _CSEQ_CACHE.get(raw)
-    if cs is None:
-        cs = CSeq(raw)
-        if len(_CSEQ_CACHE) >= _VALUE_CACHE_MAX:
-            _CSEQ_CACHE.clear()
-        _CSEQ_CACHE[raw] = cs
-    return cs
+def _cached_parser(cls: type, cache: dict) -> Callable[[str], Any]:
+    """Header values repeat (same CSeq method, Event, Content-Type): parse each
+    distinct text once and share the read-only result."""
+
+    def parse(raw: str):
+        value = cache.get(raw)
+        if value is None:
+            value = cls(raw)
+            if len(cache) >= _VALUE_CACHE_MAX:
+                cache.clear()
+            cache[raw] = value
+        return value
+
+    return parse
 
 
-def parse_event(raw: str) -> Event:
-    ev = _EVENT_CACHE.get(raw)
-    if ev is None:
-        ev = Event(raw)
-        if len(_EVENT_CACHE) >= _VALUE_CACHE_MAX:
-            _EVENT_CACHE.clear()
-        _EVENT_CACHE[raw] = ev
-    return ev
-
-
-def parse_content_type(raw: str) -> ContentType:
-    ct = _CTYPE_CACHE.get(raw)
-    if ct is None:
-        ct = ContentType(raw)
-        if len(_CTYPE_CACHE) >= _VALUE_CACHE_MAX:
-            _CTYPE_CACHE.clear()
-        _CTYPE_CACHE[raw] = ct
-    return ct
+parse_cseq: Callable[[str], CSeq] = _cached_parser(CSeq, _CSEQ_CACHE)
+parse_event: Callable[[str], Event] = _cached_parser(Event, _EVENT_CACHE)
+parse_content_type: Callable[[str], ContentType] = _cached_parser(ContentType, _CTYPE_CACHE)
 
 
 def parse_delta(value: str, name: str) -> int:
