@@ -39,7 +39,7 @@ from presenced.events.formats.xml import XML_DECL, BodyError, parse_xml, reinden
 from presenced.sip.errors import SipParseError
 from presenced.sip.uri import parse_uri
 
-from .model import ComponentGrant, Selector, Transformations
+from .model import ATTRIBUTE_NAMES, ComponentGrant, Selector, Transformations
 
 __all__ = ["apply_transformations", "compute_sphere", "pidf_sphere_values"]
 
@@ -59,22 +59,9 @@ _CLASS = f"{{{NS_RPID}}}class"
 _SPHERE = f"{{{NS_RPID}}}sphere"
 _USER_INPUT = f"{{{NS_RPID}}}user-input"
 
-#: RPID elements with their own RFC 5025 permission (name = provide-<name>).
-_RPID_ATTRIBUTES = {
-    f"{{{NS_RPID}}}{name}": name
-    for name in (
-        "activities",
-        "class",
-        "mood",
-        "place-is",
-        "place-type",
-        "privacy",
-        "relationship",
-        "status-icon",
-        "sphere",
-        "time-offset",
-    )
-}
+#: RPID elements with their own RFC 5025 permission (name = provide-<name>):
+#: every attribute permission except the data-model ones (deviceID, note).
+_RPID_ATTRIBUTES = {f"{{{NS_RPID}}}{name}": name for name in ATTRIBUTE_NAMES - {"deviceID", "note"}}
 
 _ALWAYS = "always"
 _UNKNOWN = "unknown"
