@@ -57,7 +57,7 @@ def needs_sync(data: bytes) -> bool:
 class Loaded:
     """Rows read for one request, applied to the engine just before it runs."""
 
-    dialog: tuple | None = None                       # (call_id, to_tag, from_tag, row pair or None)
+    dialog: tuple | None = None                       # (engine dialog key, row pair or None)
     pubs: tuple[str, str, list] | None = None         # (pres, event, presentity rows)
     subs: list[tuple[str, str, list]] = field(default_factory=list)
     rules: tuple[str, bytes | None] | None = None      # (pres, pres-rules document or None)
@@ -111,7 +111,8 @@ class SharedState:
         if req.method == "SUBSCRIBE" and to_tag and self.sync_subs:
             pair = await self.store.load_subscription(call_id, to_tag, from_tag)
             self.loads += 1
-            out.dialog = (call_id, to_tag, from_tag, pair)
+            # the engine's dialog key, so a row gone from the database is found in O(1)
+            out.dialog = ((call_id, to_tag, req.from_.tag, pkg.key, ev.id), pair)
             if pair is not None:
                 pres = pair[0].presentity_uri
         reads = []
@@ -214,10 +215,11 @@ class SharedState:
             if sub.key not in seen:
                 eng.forget_subscription(sub)
 
-    def _merge_dialog(self, call_id: str, to_tag: str, from_tag: str, pair, now: float) -> Subscription | None:
+    def _merge_dialog(self, key: tuple, pair, now: float) -> Subscription | None:
         eng = self.engine
         if pair is None:
-            for sub in [s for k, s in eng.subs_by_dialog.items() if k[0] == call_id and k[1] == to_tag and k[2] == from_tag]:
+            sub = eng.subs_by_dialog.get(key)
+            if sub is not None:  # ended by another process: the refresh gets 481
                 eng.forget_subscription(sub)
             return None
         return self._merge_one(pair[0], pair[1], now)
