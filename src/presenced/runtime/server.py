@@ -16,7 +16,8 @@ import signal
 from typing import Any
 
 from presenced.core.server import SipCore
-from presenced.runtime.shared import needs_sync
+from presenced.runtime.persistence import bounded
+from presenced.runtime.shared import LOAD_TIMEOUT, needs_sync
 from presenced.sip.errors import SipParseError
 from presenced.transaction.layer import Address, ClientTransaction, server_key
 from presenced.transport.tcp import TcpConnection, TcpRegistry
@@ -421,9 +422,6 @@ class Server:
         this process's previous commits, reads its state (concurrently), applies
         it to the engine, and only then runs, in arrival order."""
         assert self._sync_queue is not None and self.loop is not None and self.shared is not None
-        from presenced.runtime.persistence import bounded
-        from presenced.runtime.shared import LOAD_TIMEOUT
-
         queue, shared = self._sync_queue, self.shared
         while True:
             jobs = [await queue.get()]
@@ -456,9 +454,6 @@ class Server:
         date with the database before acting on all of them (a no-op otherwise)."""
         if self.shared is None:
             return
-        from presenced.runtime.persistence import bounded
-        from presenced.runtime.shared import LOAD_TIMEOUT
-
         await self._settled()
         loaded = await bounded(self.shared.fetch_presentity(pres, event), LOAD_TIMEOUT)
         assert self.loop is not None
