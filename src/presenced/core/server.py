@@ -344,12 +344,9 @@ class SipCore:
             ctx.identity = f"sip:{result.username}@{result.domain}"
             return True
         if (result.reason == "wrong password" and self.credentials_miss is not None and not self._resuming
-                and result.username and self._n_parked < MAX_PARKED
-                and self.credentials_miss(result.username, result.domain or realm)):
+                and result.username and self._hold(req, st, ctx, result.username, result.domain or realm)):
             # The password may have changed (or the user gone) since the cache was
-            # filled: ask the database once (rate-limited by the runtime), then retry.
-            self._parked.setdefault((result.username, (result.domain or realm).lower()), []).append((req, st, ctx))
-            self._n_parked += 1
+            # filled: the database is asked once (rate-limited by the runtime), then we retry.
             return False
         if result.rate_limited:
             log.warning("auth: %s locked out after repeated failures (%s %s)", ctx.source.host, req.method, req.get("call-id"))
@@ -371,12 +368,16 @@ class SipCore:
         asks the database, so a user added a moment ago is not refused."""
         assert self.digest is not None and self.credentials_miss is not None
         claimed = self.digest.claimed_user(req, realm)
-        if claimed is None or self._credentials_for(*claimed) is not None or self._n_parked >= MAX_PARKED:
+        if claimed is None or self._credentials_for(*claimed) is not None:
             return False
-        key = (claimed[0], claimed[1].lower())
-        if not self.credentials_miss(claimed[0], claimed[1]):
+        return self._hold(req, st, ctx, *claimed)
+
+    def _hold(self, req: Request, st: ServerTransaction, ctx: RequestContext, user: str, domain: str) -> bool:
+        """Park `req` until the runtime's lookup of user@domain answers (False: not now)."""
+        assert self.credentials_miss is not None
+        if self._n_parked >= MAX_PARKED or not self.credentials_miss(user, domain):
             return False
-        self._parked.setdefault(key, []).append((req, st, ctx))
+        self._parked.setdefault((user, domain.lower()), []).append((req, st, ctx))
         self._n_parked += 1
         return True
 
