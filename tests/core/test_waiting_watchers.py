@@ -102,7 +102,7 @@ def test_purge_is_journaled_for_the_database():
 
 
 def test_stored_decisions_restore_as_waiting_with_their_age():
-    from presenced.runtime.persistence import restore
+    from presenced.runtime.persistence import restore_watchers
     from presenced.storage.rows import WatcherRow
 
     h = Harness.make()
@@ -112,7 +112,7 @@ def test_stored_decisions_restore_as_waiting_with_their_age():
         WatcherRow(ALICE, "dave", "example.com", "presence", 2, None, 1_700_000_000 - 86400 - 60),
         WatcherRow(ALICE, "erin", "example.com", "presence", 4, None, 1_700_000_000),  # Kamailio's "waiting" code
     ]
-    restore(h.engine, [], [], rows, h.now)
+    restore_watchers(h.engine, rows)
     assert h.engine.pres_auth_status(CAROL, ALICE) == 4
     assert h.engine.pres_auth_status("sip:erin@example.com", ALICE) == 4
     assert h.engine.purge_pending_watchers(h.now) == 1  # dave was pending for more than a day

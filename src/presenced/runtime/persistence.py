@@ -125,28 +125,35 @@ def build_batch(j: Journal, wall: float) -> Batch:
 
 
 # ---------------------------------------------------------------- from rows
-def restore(engine: PresenceEngine, pubs: list[PresentityRow], subs: list, watchers: list[WatcherRow], now: float, *, bump: int = 0) -> tuple[int, int]:
-    """Load stored state into the engine (no NOTIFYs); returns (publications, subscriptions)."""
-    n_pub = 0
-    for r in pubs:
+def restore_publications(engine: PresenceEngine, rows: list[PresentityRow], now: float) -> int:
+    """Load stored rows into the engine (no NOTIFYs, nothing journaled); returns how many were live."""
+    n = 0
+    for r in rows:
         pub = publication_from_row(engine, r, now)
         if pub is not None:
             engine.adopt_publication(pub)
-            n_pub += 1
-    n_sub = 0
-    for row, ext in subs:
+            n += 1
+    return n
+
+
+def restore_subscriptions(engine: PresenceEngine, rows: list, now: float, bump: int = 0) -> int:
+    n = 0
+    for row, ext in rows:
         sub = _subscription_from_row(engine, row, ext, now, bump)
         if sub is not None:
             engine.adopt_subscription(sub)
-            n_sub += 1
-    for w in watchers:
+            n += 1
+    return n
+
+
+def restore_watchers(engine: PresenceEngine, rows: list[WatcherRow]) -> None:
+    for w in rows:
         engine._set_watcher(
             (w.presentity_uri, w.event, join_aor(w.watcher_username, w.watcher_domain)),
             # 4 (waiting) is not a decision: it is a pending watcher without a dialog
             (CODE_STATUS.get(w.status, "pending") if w.status != 4 else "pending", w.reason or None),
             since=w.inserted_time - engine.wall_offset,
         )
-    return n_pub, n_sub
 
 
 def publication_from_row(engine: PresenceEngine, r: PresentityRow, now: float) -> Publication | None:
@@ -269,7 +276,6 @@ class Persistence:
         self.outage_since: float | None = None
         self.commits = 0
         self._stopping = False
-        self.bump = 0                   # CSeq/version skip applied at start (write-back after a crash)
 
     @property
     def persist_publications(self) -> bool:
@@ -285,11 +291,11 @@ class Persistence:
         self.engine.wall_offset = time.time() - now
         wall_now = int(time.time())
         watchers = await self.store.load_watchers()
-        restore(self.engine, [], [], watchers, now)
+        restore_watchers(self.engine, watchers)
         n_pub = n_sub = 0
         if self.persist_publications:
             async for page in self.store.page_presentities(wall_now, self.fetch_rows):
-                n_pub += restore(self.engine, page, [], [], now)[0]
+                n_pub += restore_publications(self.engine, page, now)
         # After a crash in write-back mode up to one db_update_period of CSeq and
         # version updates may be missing: jump past them so they keep increasing.
         # A clean stop flushed everything and says so; then nothing is skipped.
@@ -297,10 +303,9 @@ class Persistence:
         if self.subs_db_mode == 2:
             bump = 0 if await self.store.get_marker(CLEAN_STOP) == "1" else 100
             await self.store.set_marker(CLEAN_STOP, "0")
-        self.bump = bump
         if self.persist_subscriptions:
             async for page in self.store.page_active_watchers(wall_now, self.fetch_rows):
-                n_sub += restore(self.engine, [], page, [], now, bump=bump)[1]
+                n_sub += restore_subscriptions(self.engine, page, now, bump)
         counts = (n_pub, n_sub)
         self.engine.journal = Journal()
         loop = asyncio.get_running_loop()
