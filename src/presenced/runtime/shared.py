@@ -194,9 +194,7 @@ class SharedState:
                 eng.adopt_publication(fresh)
                 group = eng.publications.get(key, {})
                 continue
-            cur.body, cur.sender, cur.priority = fresh.body, fresh.sender, fresh.priority
-            if cur.received != fresh.received:
-                cur.received = fresh.received
+            cur.body, cur.sender, cur.priority, cur.received = fresh.body, fresh.sender, fresh.priority, fresh.received
             if cur.expires_at != fresh.expires_at:
                 cur.expires_at = fresh.expires_at
                 eng._arm_publication(cur)
