@@ -8,6 +8,13 @@
 #                           (default 1 for quick, 3 for full)
 #   BENCH_SCENARIOS=A,B,..  subset of scenarios (default all: A,B,C,D,E)
 #   BENCH_CHILDREN=8[,2]    Kamailio -n values (default 8)
+#   BENCH_STORAGE=memory|sqlite|memory,sqlite
+#                           memory: Kamailio memory-only vs presenced memory
+#                           (subs_db_mode=0, publ_cache=2); sqlite: Kamailio
+#                           SQLite write-back (WITH_SQLITE) vs presenced SQLite
+#                           write-back (subs_db_mode=2, publ_cache=1,
+#                           db_update_period=10, as Kamailio's config); both:
+#                           one harness run each (default memory)
 #   BENCH_EXTRA_ARGS="..."  extra run.py options (word-split)
 #   PRESENCED_BENCH_HARNESS path to the harness (default ../shared/bench
 #                           relative to the repo root)
@@ -71,35 +78,57 @@ if [ ! -r "$HARNESS/run.py" ]; then
 fi
 
 STAMP="$(date +%Y%m%d-%H%M%S)"
-RUNDIR="$ROOT/bench/runs/$STAMP-$MODE"
-RESDIR="$ROOT/bench/results/$STAMP-$MODE"
-mkdir -p "$RUNDIR" "$RESDIR"
-
-SERVER_CMD="$PRESENCED serve --listen udp:{host}:{port} --listen tcp:{host}:{port} --db-url memory --set presence_xml.force_active=1 --log-level warning"
-
+STORAGE="${BENCH_STORAGE:-memory}"
+BASE_CMD="$PRESENCED serve --listen udp:{host}:{port} --listen tcp:{host}:{port} --set presence_xml.force_active=1 --log-level warning"
 # shellcheck disable=SC2206
 EXTRA=(${BENCH_EXTRA_ARGS:-})
-echo "== harness $HARNESS, mode $MODE, repeat $REPEAT, scenarios $SCENARIOS, raw logs in $RUNDIR"
-set +e
-python3 "$HARNESS/run.py" --mode "$MODE" --repeat "$REPEAT" --scenarios "$SCENARIOS" \
-    --servers kamailio-mem,ours --children "$CHILDREN" --baseline "kamailio-mem/c${CHILDREN%%,*}" \
-    --server-name presenced --server-cmd "$SERVER_CMD" \
-    --out "$RUNDIR" "${EXTRA[@]}"
-rc=$?
-set -e
 
-copied=0
-for f in results.md results.json; do
-    if [ -f "$RUNDIR/$f" ]; then cp "$RUNDIR/$f" "$RESDIR/$f"; copied=1; fi
+# run_one LABEL KAMAILIO_VARIANT SERVER_CMD: one harness run into
+# bench/runs/<stamp>-<mode>LABEL and bench/results/<stamp>-<mode>LABEL.
+run_one() {
+    local label="$1" kam="$2" cmd="$3"
+    local rundir="$ROOT/bench/runs/$STAMP-$MODE$label" resdir="$ROOT/bench/results/$STAMP-$MODE$label"
+    mkdir -p "$rundir" "$resdir"
+    echo "== harness $HARNESS, mode $MODE, repeat $REPEAT, scenarios $SCENARIOS, $kam vs presenced, raw logs in $rundir"
+    set +e
+    python3 "$HARNESS/run.py" --mode "$MODE" --repeat "$REPEAT" --scenarios "$SCENARIOS" \
+        --servers "$kam,ours" --children "$CHILDREN" --baseline "$kam/c${CHILDREN%%,*}" \
+        --server-name presenced --server-cmd "$cmd" \
+        --out "$rundir" "${EXTRA[@]}"
+    local rc=$?
+    set -e
+    local copied=0 f
+    for f in results.md results.json; do
+        if [ -f "$rundir/$f" ]; then cp "$rundir/$f" "$resdir/$f"; copied=1; fi
+    done
+    if [ -f "$resdir/results.md" ]; then
+        {
+            echo "<!-- bench/run-vs-kamailio.sh, mode $MODE, storage $kam, repeat $REPEAT, $STAMP; raw logs: bench/runs/$STAMP-$MODE$label/ -->"
+            echo "Results directory: bench/results/$STAMP-$MODE$label/"
+            echo
+            cat "$resdir/results.md"
+        } > "$ROOT/bench/results/LATEST$label.md"
+    fi
+    if [ "$copied" = 0 ]; then rmdir "$resdir" 2>/dev/null || true; fi
+    echo "== results: $resdir (raw: $rundir), harness exit $rc"
+    return "$rc"
+}
+
+status=0
+IFS=, read -r -a storages <<< "$STORAGE"
+for st in "${storages[@]}"; do
+    case "$st" in
+    memory)
+        run_one "" kamailio-mem "$BASE_CMD --db-url memory" || status=$?
+        ;;
+    sqlite)
+        # The same write-back shape as the harness's kamailio-sqlite config:
+        # subscriptions written back every 10 s, publications written through.
+        run_one "-sqlite" kamailio-sqlite "$BASE_CMD --db-url sqlite://{workdir}/presenced.sqlite --set presence.subs_db_mode=2 --set presence.publ_cache=1 --set presence.db_update_period=10" || status=$?
+        ;;
+    *)
+        echo "BENCH_STORAGE: unknown storage '$st' (memory, sqlite)" >&2; exit 2
+        ;;
+    esac
 done
-if [ -f "$RESDIR/results.md" ]; then
-    {
-        echo "<!-- bench/run-vs-kamailio.sh, mode $MODE, repeat $REPEAT, $STAMP; raw logs: bench/runs/$STAMP-$MODE/ -->"
-        echo "Results directory: bench/results/$STAMP-$MODE/"
-        echo
-        cat "$RESDIR/results.md"
-    } > "$ROOT/bench/results/LATEST.md"
-fi
-if [ "$copied" = 0 ]; then rmdir "$RESDIR" 2>/dev/null || true; fi
-echo "== results: $RESDIR (raw: $RUNDIR), harness exit $rc"
-exit "$rc"
+exit "$status"
