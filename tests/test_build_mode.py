@@ -75,10 +75,14 @@ def test_pure_python_sources_pass_the_sans_io_tests():
         assert repr(name) in out.split("LOADED", 1)[1], name
 
 
-def _fake_tree(tmp_path: pathlib.Path, compiled: bool = True) -> pathlib.Path:
+def _fake_tree(tmp_path: pathlib.Path, compiled: bool = True, checkout: bool = True) -> pathlib.Path:
+    """A source checkout (setup.py next to src/) or an installed layout."""
     from importlib.machinery import EXTENSION_SUFFIXES
 
     src = tmp_path / "src"
+    src.mkdir(parents=True)
+    if checkout:
+        (tmp_path / "setup.py").write_text("")
     for py in _build.source_paths(str(src)):
         p = pathlib.Path(py)
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -97,6 +101,16 @@ def test_pure_python_when_a_source_changed_after_compiling(tmp_path, monkeypatch
     os.utime(edited, (later, later))
     why = _build._why_pure(str(src))
     assert why is not None and why.startswith("stale build") and edited.name in why
+
+
+def test_installed_wheel_ignores_file_times(tmp_path, monkeypatch):
+    """pip writes a wheel's .py and .so in any order: no stale check outside a checkout."""
+    monkeypatch.delenv(_build.PURE_ENV, raising=False)
+    src = _fake_tree(tmp_path, checkout=False)
+    later = time.time() + 10
+    for py in _build.source_paths(str(src)):
+        os.utime(py, (later, later))
+    assert _build._why_pure(str(src)) is None
 
 
 def test_pure_python_reasons(tmp_path, monkeypatch):

@@ -57,6 +57,10 @@ def _why_pure(src: str) -> str | None:
         return f"{PURE_ENV}=1"
     from importlib.machinery import EXTENSION_SUFFIXES
 
+    # Only a source checkout (editable install, extensions built in place)
+    # can have sources edited after compiling; an installed wheel writes .py
+    # and .so in arbitrary order, so mtimes say nothing there.
+    check_mtime = os.path.exists(os.path.join(os.path.dirname(src), "setup.py"))
     missing = stale = 0
     first_stale = ""
     for py in source_paths(src):
@@ -64,7 +68,7 @@ def _why_pure(src: str) -> str | None:
         ext = next((base + s for s in EXTENSION_SUFFIXES if os.path.exists(base + s)), None)
         if ext is None:
             missing += 1
-        elif os.path.exists(py) and os.path.getmtime(py) > os.path.getmtime(ext):
+        elif check_mtime and os.path.exists(py) and os.path.getmtime(py) > os.path.getmtime(ext):
             stale += 1
             first_stale = first_stale or os.path.relpath(py, src)
     if missing == len(COMPILED_MODULES):
