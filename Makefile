@@ -3,16 +3,31 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test venv bench clean
+.PHONY: run test venv bench clean typecheck
 
-$(VENV)/.installed: pyproject.toml
+# The hot path is compiled with mypyc by `pip install` (setup.py); the list of
+# compiled modules is src/presenced/_build.py COMPILED_MODULES.
+COMPILED_SRC := $(shell $(PYTHON) -c 'exec(open("src/presenced/_build.py").read()); print(*source_paths("src"))' 2>/dev/null)
+
+$(VENV)/.installed: pyproject.toml setup.py
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or set PYTHON=...)"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-venv: $(VENV)/.installed
+# An edited compiled module makes the editable install fall back to pure Python
+# ("stale build" warning): recompile before running anything.
+$(VENV)/.compiled: $(VENV)/.installed $(COMPILED_SRC) src/presenced/_build.py
+	@if [ -n "$$(find $(COMPILED_SRC) src/presenced/_build.py -newer $(VENV)/.installed)" ]; then \
+	  echo "recompiling the hot path (mypyc)"; $(PY) -m pip install -q --no-deps -e .; fi
+	touch $@
+
+venv: $(VENV)/.compiled
+
+# What mypyc needs: the compiled modules type-check.
+typecheck: venv
+	$(PY) -m mypy --config-file pyproject.toml $(COMPILED_SRC)
 
 run: venv
 	$(VENV)/bin/presenced serve $(ARGS)
@@ -23,7 +38,8 @@ test: venv
 	exit $$rc
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info src/*.egg-info src/presenced_native__mypyc*.so
+	find src -name '*.so' -delete
 
 # Benchmarks: `make bench` runs the shared SIPp harness (../shared/bench) with
 # Kamailio as baseline and presenced as "ours" (BENCH_MODE=quick|full,

@@ -7,6 +7,11 @@ presence functions as methods), `EventPackage`/`EventRegistry` (plug-ins),
 
 __version__ = "0.1.0"
 
+from presenced import _build
+
+# Before any hot-path module is imported: compiled (mypyc) or pure Python.
+_build.select(__path__[0])
+
 __all__ = ["EventPackage", "EventRegistry", "Presence", "SipCore", "__version__", "load_config"]
 
 

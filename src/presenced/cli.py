@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from presenced import __version__
+from presenced import __version__, _build
 
 
 def _fail(msg: str) -> None:
@@ -30,7 +30,7 @@ def _load(config_file, listen, db_url, sets, log_level, http_listen=None):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="presenced")
+@click.version_option(__version__, prog_name="presenced", message=f"%(prog)s %(version)s (hot path: {_build.MODE})")
 def main() -> None:
     """presenced — a SIP presence server (PUBLISH, SUBSCRIBE/NOTIFY)."""
 

@@ -29,7 +29,7 @@ import math
 import time
 from typing import Any, Awaitable, Callable, Iterable
 
-from presenced import __version__
+from presenced import __version__, _build
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -292,6 +292,7 @@ class Metrics:
         es = engine.stats
         return {
             "version": __version__,
+            "hot_path": _build.MODE,
             "uptime_seconds": round(time.time() - self.started, 3),
             "sip": {
                 "requests": dict(sorted(self._requests().items())),
@@ -334,8 +335,10 @@ class Metrics:
         es = engine.stats
         e = _Exposition()
 
-        e.family("presenced_build_info", "gauge", "presenced version (always 1).")
-        e.sample("presenced_build_info", 1, {"version": __version__})
+        e.family("presenced_build_info", "gauge", "presenced version and hot-path build, compiled=mypyc|pure (always 1).")
+        e.sample("presenced_build_info", 1, {"version": __version__, "compiled": "mypyc" if _build.MODE == "mypyc" else "pure"})
+        e.family("presenced_compiled", "gauge", "1 when the hot path runs mypyc-compiled, 0 when pure Python.")
+        e.sample("presenced_compiled", 1 if _build.MODE == "mypyc" else 0)
         e.family("presenced_start_time_seconds", "gauge", "Unix time the metrics exporter started.")
         e.sample("presenced_start_time_seconds", round(self.started, 3))
         e.family("presenced_up", "gauge", "1 when every SIP socket is listening.")

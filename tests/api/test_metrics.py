@@ -8,6 +8,7 @@ import time
 from api_support import HOST, pidf, sample, uid
 from sipclient import SipClient
 
+from presenced import _build
 from presenced.metrics import Histogram
 
 
@@ -31,6 +32,8 @@ def test_format_and_families(live):
                  "presenced_publish_notify_latency_seconds_count"):
         assert any(k[0] == name for k in m), name
     assert sample(m, "presenced_up") == 1
+    # which build runs the hot path (the server is started like this test process)
+    assert sample(m, "presenced_compiled") == (1 if _build.MODE == "mypyc" else 0)
     assert sample(m, "presenced_storage_healthy") == 1
     # every registered package has zero-valued series, so dashboards see 0, not "no data"
     assert ("presenced_subscriptions", frozenset({("event", "presence"), ("state", "active")})) in m

@@ -12,6 +12,7 @@ import base64
 import logging
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Iterable
 
 from presenced.core.journal import Journal
@@ -112,7 +113,7 @@ class PresenceEngine:
         # armed timer, and one local Contact string per listening address.
         self._pub_expired_cb = self._publication_expired
         self._sub_expired_cb = self._subscription_expired
-        self._contact_cache: dict[tuple[str, int, str], str] = {}
+        self._contact_cache: dict[tuple[str, int, str, bool], str] = {}
         self._fanout: deque[tuple[Subscription, EventPackage]] = deque()
         self._fanout_pending: set[tuple] = set()
         self._pub_seq = 0
@@ -237,8 +238,8 @@ class PresenceEngine:
                 return Reply(415, "Unsupported Media Type", [("Accept", ", ".join(pkg.content_types))])
             try:
                 pkg.validate(body, ctype)
-            except BodyError as e:
-                return Reply(400, f"Bad Body: {e}"[:120])
+            except BodyError as bad:  # not `e`: mypyc types one name per function
+                return Reply(400, f"Bad Body: {bad}"[:120])
         key = (pres_uri, pkg.key)
         if if_match is None:
             if not body:
@@ -572,9 +573,8 @@ class PresenceEngine:
         known = self.watchers.get(wkey)
         if known is not None:
             return known
-        decision: tuple[str, str | None]
         if auth is not None:
-            decision = self.authorize(sub.pres_uri, sub.watcher_uri, pkg.key, sub)
+            decision = auth(sub.pres_uri, sub.watcher_uri, pkg.key, sub)
         else:
             decision = ("pending", None)
         self._set_watcher(wkey, decision)
@@ -804,7 +804,7 @@ class PresenceEngine:
             hook = self.on_notify_latency
             if hook is not None:
                 hook(pkg.key, now - origin)
-        self.tx.send_request(data, branch, "NOTIFY", dest, now, lambda resp, t, s=sub: self._notify_result(s, resp, t))
+        self.tx.send_request(data, branch, "NOTIFY", dest, now, partial(self._notify_result, sub))
 
     def _destination(self, sub: Subscription, next_hop: str, size: int) -> Address:
         src = sub.source

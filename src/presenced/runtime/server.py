@@ -15,6 +15,7 @@ import ipaddress
 import signal
 from typing import Any
 
+from presenced import _build
 from presenced.core.server import SipCore
 from presenced.runtime.persistence import bounded
 from presenced.runtime.shared import LOAD_TIMEOUT, needs_sync
@@ -133,7 +134,7 @@ class Server:
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
-        log.info("listening on %s", ", ".join(f"{p}:{h}:{n}" for p, h, n in self.bound))
+        log.info("listening on %s (hot path: %s)", ", ".join(f"{p}:{h}:{n}" for p, h, n in self.bound), _build.MODE)
         if self.http is not None:
             await self.http.start()
 

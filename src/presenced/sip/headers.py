@@ -247,6 +247,7 @@ class Event:
             raise SipParseError("malformed Event header")
         self.name = name.lower()
         dot = self.name.find(".")
+        self.template: str | None
         if dot >= 0:
             self.package, self.template = self.name[:dot], self.name[dot + 1 :]
         else:

@@ -41,7 +41,7 @@ def is_digits(s: str) -> bool:
     return s.isascii() and s.isdigit()
 
 
-def _header_end(data: bytes, start: int) -> tuple[int, int]:
+def _header_end(data: bytes | bytearray, start: int) -> tuple[int, int]:
     """(end of header block, start of body), or (-1, -1); the earliest of CRLFCRLF and bare LFLF."""
     crlf = data.find(b"\r\n\r\n", start)
     lf = data.find(b"\n\n", start, crlf + 2 if crlf >= 0 else len(data))
@@ -73,11 +73,16 @@ class Message:
 
     __slots__ = ("headers", "_index", "body", "_cache")
 
-    def __init__(self, headers: list[tuple[str, str]] | None = None, body: bytes = b"") -> None:
+    def __init__(
+        self, headers: list[tuple[str, str]] | None = None, body: bytes = b"", _index: dict[str, list[str]] | None = None
+    ) -> None:
         self.headers: list[tuple[str, str]] = headers if headers is not None else []
         self.body = body
         self._cache: dict[str, object] = {}
-        self._index: dict[str, list[str]] = {}
+        if _index is not None:  # parse_message built it while splitting
+            self._index = _index
+            return
+        self._index = {}
         for name, value in self.headers:
             self._index.setdefault(normalize_name(name), []).append(value)
 
@@ -301,8 +306,15 @@ class Message:
 class Request(Message):
     __slots__ = ("method", "uri_text", "_uri")
 
-    def __init__(self, method: str, uri: str, headers: list[tuple[str, str]] | None = None, body: bytes = b"") -> None:
-        super().__init__(headers, body)
+    def __init__(
+        self,
+        method: str,
+        uri: str,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        _index: dict[str, list[str]] | None = None,
+    ) -> None:
+        super().__init__(headers, body, _index)
         self.method = method
         self.uri_text = uri
         self._uri: SipURI | None = None
@@ -310,15 +322,7 @@ class Request(Message):
     @classmethod
     def _parsed(cls, method: str, uri: str, headers: list[tuple[str, str]], index: dict[str, list[str]]) -> Request:
         """parse_message's constructor: the index is already built."""
-        self = cls.__new__(cls)
-        self.headers = headers
-        self._index = index
-        self._cache = {}
-        self.body = b""
-        self.method = method
-        self.uri_text = uri
-        self._uri = None
-        return self
+        return cls(method, uri, headers, b"", index)
 
     @property
     def uri(self) -> SipURI:
@@ -336,21 +340,21 @@ class Request(Message):
 class Response(Message):
     __slots__ = ("status", "reason")
 
-    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]] | None = None, body: bytes = b"") -> None:
-        super().__init__(headers, body)
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        _index: dict[str, list[str]] | None = None,
+    ) -> None:
+        super().__init__(headers, body, _index)
         self.status = status
         self.reason = reason
 
     @classmethod
     def _parsed(cls, status: int, reason: str, headers: list[tuple[str, str]], index: dict[str, list[str]]) -> Response:
-        self = cls.__new__(cls)
-        self.headers = headers
-        self._index = index
-        self._cache = {}
-        self.body = b""
-        self.status = status
-        self.reason = reason
-        return self
+        return cls(status, reason, headers, b"", index)
 
     def _start_line(self) -> str:
         return f"SIP/2.0 {self.status} {self.reason}"

@@ -108,12 +108,12 @@ def parse_params(parts: list[str]) -> dict[str, str | None]:
             params[name] = value.strip() if eq else None
             continue
         p = p.strip()
-        eq = p.find("=")
-        name = (p if eq < 0 else p[:eq]).strip()
+        k = p.find("=")
+        name = (p if k < 0 else p[:k]).strip()
         # `;;`, `;=x` and a trailing `;` are not generic-params (RFC 4475 'badinv01').
         if not name or _BAD_PARAM_NAME_RE.search(name):
             raise SipParseError("empty or malformed parameter")
-        params[name.lower()] = None if eq < 0 else p[eq + 1 :].strip()
+        params[name.lower()] = None if k < 0 else p[k + 1 :].strip()
         if len(_PARAM_NAMES) < 4096:
             _PARAM_NAMES[raw] = name.lower()
     return params
@@ -299,15 +299,13 @@ def split_hostport(hostport: str, context: str = "") -> tuple[str, int | None]:
         port_s = tail[1:]
     else:
         c = hostport.rfind(":")
-        if c < 0:
-            host, port_s = hostport, None
-        else:
-            host, port_s = hostport[:c], hostport[c + 1 :]
+        host = hostport if c < 0 else hostport[:c]
         # A ':' left in the host is an IPv6 address without [] (RFC 5118).
         if not host or not _HOST_RE.match(host):
             raise SipParseError(f"invalid host in '{(context or hostport)[:60]}'")
-        if port_s is None:
+        if c < 0:
             return host, None
+        port_s = hostport[c + 1 :]
     if not (port_s.isascii() and port_s.isdigit()) or len(port_s) > 5 or not 0 < int(port_s) < 65536:
         raise SipParseError(f"invalid port in '{(context or hostport)[:60]}'")
     return host, int(port_s)
@@ -390,7 +388,7 @@ def parse_name_addr(text: str) -> NameAddr:
             i += 1
         else:
             raise SipParseError("unterminated display name")
-        display = "".join(buf)
+        display: str | None = "".join(buf)
         lt = raw.find("<", i + 1)
         if lt < 0:
             raise SipParseError("display name without <uri>")

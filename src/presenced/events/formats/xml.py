@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 
 from lxml import etree
 
+from presenced.events.formats.errors import BodyError
+
 __all__ = [
     "MAX_BODY_SIZE",
     "MAX_DEPTH",
@@ -36,29 +38,7 @@ MAX_DEPTH = 32
 #: few UA parsers do literal matching on it).
 XML_DECL = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 
-_REASON_MAX = 120
-_LXML_LOCATION = re.compile(r"\s*\(<string>, line \d+\)\s*$")
-_NON_ASCII = re.compile(r"[^\x20-\x7e]")
 _DTD_MARKUP = re.compile(rb"<!\s*(?:doctype|entity|element|attlist|notation)", re.IGNORECASE)
-
-
-def _one_line(reason: str) -> str:
-    # The reason becomes a SIP reason phrase: one line, printable ASCII, short.
-    reason = _LXML_LOCATION.sub("", str(reason))
-    reason = " ".join(reason.split())
-    reason = _NON_ASCII.sub("?", reason)
-    if len(reason) > _REASON_MAX:
-        reason = reason[: _REASON_MAX - 3].rstrip() + "..."
-    return reason or "invalid body"
-
-
-class BodyError(ValueError):
-    """A body the server must refuse; `reason` is safe to use as a SIP reason phrase."""
-
-    def __init__(self, reason: str) -> None:
-        reason = _one_line(reason)
-        super().__init__(reason)
-        self.reason = reason
 
 
 _tls = threading.local()
@@ -98,7 +78,7 @@ def _as_bytes(body: bytes | bytearray | memoryview | str) -> bytes:
     raise TypeError(f"body must be bytes, not {type(body).__name__}")
 
 
-def parse_xml(body: bytes) -> etree._Element:
+def parse_xml(body: bytes | bytearray | memoryview | str) -> etree._Element:
     """Parse an untrusted body; every way it can be hostile ends in BodyError.
 
     No DTDs or entities (XXE, billion laughs), no network, no encodings other
@@ -118,9 +98,7 @@ def parse_xml(body: bytes) -> etree._Element:
     parser, too_deep, _ = _tools()
     try:
         root = etree.fromstring(data, parser)
-    except etree.XMLSyntaxError as exc:
-        raise BodyError(f"malformed XML: {exc}") from None
-    except (ValueError, etree.LxmlError) as exc:  # pragma: no cover - defensive
+    except (ValueError, etree.LxmlError) as exc:  # XMLSyntaxError is an LxmlError
         raise BodyError(f"malformed XML: {exc}") from None
     if root is None:  # pragma: no cover - lxml raises instead, kept for safety
         raise BodyError("malformed XML: no root element")
@@ -138,9 +116,10 @@ def parse_xml(body: bytes) -> etree._Element:
 # Escaping for documents built as strings (watcherinfo, reginfo): faster than
 # building a tree, and correct as long as every value goes through these.
 
-_INVALID_XML_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-_TEXT_SPECIAL = re.compile("[&<>\r\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-_ATTR_SPECIAL = re.compile('[&<>"\t\n\r\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]')
+# Raw strings: `re` reads the escapes (mypyc cannot hold surrogates in literals).
+_INVALID_XML_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_TEXT_SPECIAL = re.compile(r"[&<>\r\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_ATTR_SPECIAL = re.compile(r'[&<>"\t\n\r\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]')
 
 
 def parse_document(body: bytes, namespace: str, local: str, what: str | None = None) -> etree._Element:
@@ -192,17 +171,14 @@ class VersionedBody:
 
     __slots__ = ("_head", "_tail")
 
-    def __init__(self, head: bytes, tail: bytes) -> None:
+    def __init__(self, head: bytes, tail: bytes | None) -> None:
         self._head = bytes(head)
-        self._tail = bytes(tail)
+        self._tail = None if tail is None else bytes(tail)
 
     @classmethod
     def fixed(cls, data: bytes) -> VersionedBody:
         """A body that has no version (PIDF, message-summary): rendered as is."""
-        obj = cls.__new__(cls)
-        obj._head = bytes(data)
-        obj._tail = None
-        return obj
+        return cls(data, None)
 
     @classmethod
     def from_root(cls, root: etree._Element) -> VersionedBody:
