@@ -80,12 +80,23 @@ def new_branch() -> str:
     return MAGIC + token_hex(8)
 
 
+# (Via host, port) -> (lowercased host, port): lingering transactions share
+# the strings and ints of their key instead of one copy each.
+_SENT_BY: dict[tuple[str, int | None], tuple[str, int | None]] = {}
+
+
 def server_key(req: Request) -> tuple:
     via = req.top_via
     method = "INVITE" if req.method == "ACK" else req.method
     branch = via.branch
     if branch and branch.startswith(MAGIC):
-        return (branch, via.host.lower(), via.port, method)
+        raw = (via.host, via.port)
+        sent_by = _SENT_BY.get(raw)
+        if sent_by is None:
+            if len(_SENT_BY) >= 4096:
+                _SENT_BY.clear()
+            sent_by = _SENT_BY[raw] = (raw[0].lower(), raw[1])
+        return (branch, sent_by[0], sent_by[1], method)
     # RFC 2543 peers: no usable branch, match on the request identifiers
     # (§17.2.3: Request-URI, From tag, Call-ID, CSeq, top Via).
     from_tag = req.from_.tag
