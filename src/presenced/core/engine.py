@@ -23,7 +23,7 @@ from presenced.sip.errors import SipParseError
 from presenced.sip.message import Request, Response
 from presenced.sip.tokens import token_hex, token_urlsafe
 from presenced.sip.uri import parse_uri
-from presenced.transaction.layer import Address, TransactionLayer, new_branch, shared_address, udp_address
+from presenced.transaction.layer import Address, TransactionLayer, new_branch, share, shared_address, udp_address
 from presenced.transaction.timers import TimerHeap
 
 log = logging.getLogger("presenced.engine")
@@ -67,12 +67,7 @@ def _shared_accept(accept: list[str] | None) -> tuple[str, ...] | None:
     if accept is None:
         return None
     t = tuple(accept)
-    shared = _ACCEPTS.get(t)
-    if shared is None:
-        if len(_ACCEPTS) >= 1024:
-            _ACCEPTS.clear()
-        shared = _ACCEPTS[t] = t
-    return shared
+    return share(_ACCEPTS, t, t, 1024)
 
 
 def _entity(uri_text: str, pres_uri: str) -> str:

@@ -57,18 +57,23 @@ class Address:
 _SHARED_ADDRESSES: dict[tuple[str, str, int], Address] = {}
 
 
+def share(cache: dict, key: Any, value: Any, limit: int) -> Any:
+    """The value `cache` holds for key, else `value`, remembered (memory: many
+    records hold equal immutable values; the cache is cleared when full)."""
+    shared = cache.get(key)
+    if shared is None:
+        if len(cache) >= limit:
+            cache.clear()
+        shared = cache[key] = value
+    return shared
+
+
 def shared_address(addr: Address) -> Address:
     """One Address object per connectionless destination (the transport makes
     one per datagram; records and lingering transactions would each keep theirs)."""
     if addr.conn is not None:
         return addr
-    key = (addr.transport, addr.host, addr.port)
-    shared = _SHARED_ADDRESSES.get(key)
-    if shared is None:
-        if len(_SHARED_ADDRESSES) >= 10000:
-            _SHARED_ADDRESSES.clear()
-        shared = _SHARED_ADDRESSES[key] = addr
-    return shared
+    return share(_SHARED_ADDRESSES, (addr.transport, addr.host, addr.port), addr, 10000)
 
 
 def udp_address(host: str, port: int) -> Address:
@@ -93,9 +98,7 @@ def server_key(req: Request) -> tuple:
         raw = (via.host, via.port)
         sent_by = _SENT_BY.get(raw)
         if sent_by is None:
-            if len(_SENT_BY) >= 4096:
-                _SENT_BY.clear()
-            sent_by = _SENT_BY[raw] = (raw[0].lower(), raw[1])
+            sent_by = share(_SENT_BY, raw, (raw[0].lower(), raw[1]), 4096)
         return (branch, sent_by[0], sent_by[1], method)
     # RFC 2543 peers: no usable branch, match on the request identifiers
     # (§17.2.3: Request-URI, From tag, Call-ID, CSeq, top Via).
