@@ -115,6 +115,8 @@ class DelayQueue:
     def _run(self, now: float) -> None:
         items = self.items
         expire = self.expire
-        while items and items[0][0] <= now:
-            expire(now, items.popleft()[1])
-        self.handle = self.timers.schedule(items[0][0], self._run) if items else None
+        try:
+            while items and items[0][0] <= now:
+                expire(now, items.popleft()[1])
+        finally:  # a failing callback must not leave the rest without a timer
+            self.handle = self.timers.schedule(items[0][0], self._run) if items else None
