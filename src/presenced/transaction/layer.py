@@ -7,7 +7,7 @@ the final one are discarded; the transaction lingers for Timer J (64*T1 on
 UDP, 0 on reliable transports). At 3,000 requests/s about 96,000 transactions
 linger at any time, so a completed one is replaced by a `Completed` that
 holds only what answering a retransmission needs: its key and the final
-response with its destination.
+response with its destination; the response bytes go to a `ResponseLog`.
 
 Client side (our NOTIFYs): Timer E retransmits over UDP with back-off up to
 T2, Timer F gives up after 64*T1, Timer K absorbs late responses. The TU gets
@@ -23,6 +23,7 @@ or None); the runtime reports a send failure back with `transport_failed`.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -124,15 +125,61 @@ class ServerTransaction:
         return self.last_response is not None
 
 
+class ResponseLog:
+    """The final responses of lingering UDP transactions, written one after
+    the other into anonymous memory mappings of CHUNK bytes.
+
+    They all expire Timer J after being written, so in the order of writing:
+    a mapping is unmapped as a whole once the last transaction using it is
+    gone. As Python objects, ~100,000 responses of ~450 bytes would leave
+    their freed blocks in CPython's heap, where they stay resident
+    (bench/state_memory.py).
+    """
+
+    CHUNK = 256 * 1024
+
+    __slots__ = ("chunk", "pos")
+
+    def __init__(self) -> None:
+        self.chunk: mmap.mmap | None = None
+        self.pos = 0
+
+    def put(self, data: bytes) -> tuple[mmap.mmap, int] | None:
+        """(mapping, span) holding `data`; None if it is too big to bother."""
+        n = len(data)
+        if n >= self.CHUNK // 8:
+            return None
+        chunk = self.chunk
+        start = self.pos
+        if chunk is None or start + n > self.CHUNK:
+            chunk = self.chunk = mmap.mmap(-1, self.CHUNK)
+            start = 0
+        chunk[start:start + n] = data
+        self.pos = start + n
+        return chunk, (start << 16) | n
+
+    @staticmethod
+    def get(chunk: mmap.mmap, span: int) -> bytes:
+        start = span >> 16
+        return chunk[start:start + (span & 0xFFFF)]
+
+
 class Completed:
-    """A UDP server transaction after its final response, until Timer J."""
+    """A UDP server transaction after its final response, until Timer J:
+    the response is `data` (bytes), or `data[span]` of a ResponseLog mapping."""
 
-    __slots__ = ("key", "data", "dest")
+    __slots__ = ("key", "data", "span", "dest")
 
-    def __init__(self, key: tuple, data: bytes, dest: Address) -> None:
+    def __init__(self, key: tuple, data: bytes | mmap.mmap, span: int, dest: Address) -> None:
         self.key = key
         self.data = data
+        self.span = span
         self.dest = dest
+
+    @property
+    def response(self) -> bytes:
+        data = self.data
+        return data if type(data) is bytes else ResponseLog.get(data, self.span)  # type: ignore[arg-type]
 
 
 def _no_result(resp: Response | None, now: float) -> None:
@@ -171,6 +218,7 @@ class TransactionLayer:
         self.outbox: list[tuple[bytes, Address, ClientTransaction | None]] = []
         # Timers J and K have fixed durations: queues instead of a heap entry each.
         self._linger = DelayQueue(timers, self._timer_j)
+        self._responses = ResponseLog()
         self._absorb = DelayQueue(timers, self._timer_k)
         self.stats = {"retransmissions_absorbed": 0, "notify_retransmits": 0, "client_timeouts": 0, "stray_responses": 0}
 
@@ -184,7 +232,7 @@ class TransactionLayer:
             self.stats["retransmissions_absorbed"] += 1
             if type(st) is Completed:
                 if req.method != "ACK":
-                    self.outbox.append((st.data, source if source.reliable else st.dest, None))
+                    self.outbox.append((st.response, source if source.reliable else st.dest, None))
                 return None
             # Completed: the final response; Proceeding: the latest provisional
             # (§17.2.2); Trying: nothing.
@@ -213,7 +261,11 @@ class TransactionLayer:
         if linger <= 0:
             self.server.pop(st.key, None)
             return
-        done = Completed(st.key, data, shared_address(dest))
+        logged = self._responses.put(data)
+        if logged is None:
+            done = Completed(st.key, data, 0, shared_address(dest))
+        else:
+            done = Completed(st.key, logged[0], logged[1], shared_address(dest))
         if self.server.get(st.key) is st:
             self.server[st.key] = done
         when = now + linger
