@@ -781,7 +781,10 @@ def in_process(a) -> int:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         m = {"name": name, "rss_kb": _vm_kb("VmRSS"), "server_tx": len(core.tx.server),
              "client_tx": len(core.tx.client), "timers": len(core.timers)}
-        m["arenas"], m["arenas_highwater"] = _pymalloc_arenas()
+        if trace:  # tracemalloc's hooks hide pymalloc's statistics
+            m["arenas"] = m["arenas_highwater"] = "-"
+        else:
+            m["arenas"], m["arenas_highwater"] = _pymalloc_arenas()
         if trace:
             m["traced"] = tracemalloc.get_traced_memory()[0]
             m["snapshot"] = tracemalloc.take_snapshot()
