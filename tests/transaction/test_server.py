@@ -295,3 +295,17 @@ def test_many_transactions_expire_independently(h):
     h.advance_to(45.0)
     alive = {st.key[0] for st in h.layer.server.values()}
     assert alive == {"z9hG4bK2", "z9hG4bK3", "z9hG4bK4"}
+
+
+def test_response_log_keeps_many_responses_apart():
+    """Lingering final responses share memory mappings; each retransmission
+    must still get its own response, byte for byte."""
+    from presenced.transaction.layer import ResponseLog
+
+    log = ResponseLog()
+    stored = []
+    for i in range(2000):  # ~2 MB: several mappings
+        data = b"SIP/2.0 200 OK\r\nCall-ID: %d\r\n" % i + b"x" * (i % 900)
+        stored.append((data, log.put(data)))
+    assert all(logged is not None and ResponseLog.get(*logged) == data for data, logged in stored)
+    assert log.put(b"y" * 40000) is None  # too big: the caller keeps the bytes

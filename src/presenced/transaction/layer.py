@@ -152,7 +152,8 @@ class ResponseLog:
         chunk = self.chunk
         start = self.pos
         if chunk is None or start + n > self.CHUNK:
-            chunk = self.chunk = mmap.mmap(-1, self.CHUNK)
+            # Private: a forked worker must not share (and overwrite) the parent's.
+            chunk = self.chunk = mmap.mmap(-1, self.CHUNK, flags=mmap.MAP_PRIVATE)
             start = 0
         chunk[start:start + n] = data
         self.pos = start + n
