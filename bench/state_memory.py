@@ -698,6 +698,135 @@ def render(meta: dict, results: list[dict]) -> str:
     return "\n".join(L) + "\n"
 
 
+# ------------------------------------------------------------------ in-process mode
+def _vm_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for ln in f:
+            if ln.startswith(field + ":"):
+                return int(ln.split()[1])
+    return 0
+
+
+def _pymalloc_arenas() -> tuple[int, int]:
+    """(arenas allocated now, arenas highwater) from sys._debugmallocstats on stderr."""
+    import tempfile
+
+    with tempfile.TemporaryFile(mode="w+") as tmp:
+        saved = os.dup(2)
+        try:
+            os.dup2(tmp.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        text = tmp.read()
+    m1 = re.search(r"# arenas allocated current\s*=\s*([\d,]+)", text)
+    m2 = re.search(r"# arenas highwater mark\s*=\s*([\d,]+)", text)
+    conv = lambda m: int(m.group(1).replace(",", "")) if m else 0  # noqa: E731
+    return conv(m1), conv(m2)
+
+
+def in_process(a) -> int:
+    """Feed the same PUBLISH/SUBSCRIBE load to a SipCore in this process with a
+    fake clock (no sockets, no CPU contention) and measure what the state costs:
+    tracemalloc's live bytes (exact, allocator-independent) and RSS (what the
+    allocator kept). Fast to iterate on; the PSS comparison with Kamailio needs
+    the real servers."""
+    import gc
+    import tracemalloc
+
+    sys.path.insert(0, os.path.join(ROOT, "src"))
+    from presenced.config import load_config
+    from presenced.core.server import SipCore
+    from presenced.transaction.layer import Address
+
+    trace = not a.no_tracemalloc
+    if trace:
+        tracemalloc.start(a.frames)
+    cfg = load_config(None, ["presence_xml.force_active=1"], {"db.url": "memory"})
+    core = SipCore(cfg)
+    gen = Generator((HOST, a.port), a.client_port, "inproc")
+    src = Address("udp", HOST, a.client_port, None)
+    local = (HOST, a.port)
+    clock = [1000.0]
+    counts = {"ok": 0, "failed": 0, "notifies": 0}
+
+    def pump(data: bytes) -> None:
+        now = clock[0]
+        dl = core.next_deadline()
+        if dl is not None and dl <= now:
+            core.handle_timers(now)
+        core.receive(data, src, local, now)
+        while core.outbox:
+            out, _dest, _ct = core.outbox.pop(0)
+            if out.startswith(b"SIP/2.0 "):
+                counts["ok" if out[8:9] == b"2" else "failed"] += 1
+            elif out.startswith(b"NOTIFY "):
+                counts["notifies"] += 1
+                head = out.partition(b"\r\n\r\n")[0]
+                keep = b"\r\n".join(_RE_KEEP.findall(head))
+                core.receive(b"SIP/2.0 200 OK\r\n" + keep + b"\r\nContent-Length: 0\r\n\r\n", src, local, now)
+
+    def settle(seconds: float) -> None:
+        clock[0] += seconds
+        core.handle_timers(clock[0])
+        core.outbox.clear()
+
+    def sample(name: str) -> dict:
+        gc.collect()
+        if a.trim:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        m = {"name": name, "rss_kb": _vm_kb("VmRSS"), "server_tx": len(core.tx.server),
+             "client_tx": len(core.tx.client), "timers": len(core.timers)}
+        if trace:  # tracemalloc's hooks hide pymalloc's statistics
+            m["arenas"] = m["arenas_highwater"] = "-"
+        else:
+            m["arenas"], m["arenas_highwater"] = _pymalloc_arenas()
+        if trace:
+            m["traced"] = tracemalloc.get_traced_memory()[0]
+            m["snapshot"] = tracemalloc.take_snapshot()
+        return m
+
+    n = a.records
+    step = 1.0 / a.rate
+    samples = [sample("baseline")]
+    t0 = time.process_time()
+    for lo, hi in ((1, n // 2), (n // 2 + 1, n)):
+        for i in range(lo, hi + 1):
+            clock[0] += step
+            pump(gen.publish(i).data)
+        for i in range(lo, hi + 1):
+            clock[0] += step
+            pump(gen.subscribe(i, i).data)
+        samples.append(sample(f"half {lo}..{hi}, transactions lingering"))
+        settle(a.linger_settle)
+        samples.append(sample(f"half {lo}..{hi}, +{a.linger_settle:g} s"))
+    cpu = time.process_time() - t0
+    base, end, live = samples[0], samples[-1], samples[-2]
+    print(f"in-process: {n:,} publications + {n:,} subscriptions at {a.rate:,.0f} requests/s (fake clock); "
+          f"{counts['ok']:,} 2xx, {counts['failed']:,} failed, {counts['notifies']:,} NOTIFYs; CPU {cpu:.1f} s"
+          + (" (tracemalloc on)" if trace else ""))
+    print(f"{'sample':44} {'traced B/pair':>14} {'RSS B/pair':>11} {'arenas':>7} {'server tx':>10} {'client tx':>10}")
+    for m in samples:
+        tr = f"{(m['traced'] - base['traced']) / n:,.0f}" if trace else "-"
+        print(f"{m['name']:44} {tr:>14} {(m['rss_kb'] - base['rss_kb']) * 1024 / n:>11,.0f} "
+              f"{m['arenas']:>7} {m['server_tx']:>10} {m['client_tx']:>10}")
+    if trace:
+        for label, frm in (("held state (after Timer J)", base), ("lingering transactions", end)):
+            to = end if frm is base else live
+            stats = to["snapshot"].compare_to(frm["snapshot"], "traceback" if a.frames > 1 else "lineno")
+            print(f"\ntop {a.top} by size, {label}, bytes per pair:")
+            for st in stats[: a.top]:
+                where = " <- ".join(f"{os.path.relpath(f.filename, ROOT) if f.filename.startswith(ROOT) else os.path.basename(f.filename)}:{f.lineno}"
+                                    for f in st.traceback[: a.frames])
+                print(f"  {st.size_diff / n:8,.0f}  {st.count_diff / n:5.2f} blocks  {where}")
+    failed = counts["failed"] or counts["ok"] != 2 * n or counts["notifies"] != n
+    return 1 if failed else 0
+
+
 # ------------------------------------------------------------------ main
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -728,7 +857,18 @@ def main() -> int:
     ap.add_argument("--signal-wait", type=float, default=5.0, help="seconds to wait after --signal-on-sample")
     ap.add_argument("--venv", default=os.environ.get("VENV", os.path.join(ROOT, ".venv")))
     ap.add_argument("--out", help="results directory (default bench/results/<stamp>-state-memory)")
+    ap.add_argument("--in-process", action="store_true",
+                    help="no servers: feed the load to presenced's SipCore in this process with a fake clock and "
+                         "print live bytes (tracemalloc) and RSS per pub+sub, plus the top allocation sites")
+    ap.add_argument("--no-tracemalloc", action="store_true", help="--in-process: RSS only (faster, no tracing overhead)")
+    ap.add_argument("--trim", action="store_true", help="--in-process: call glibc malloc_trim(0) before each sample")
+    ap.add_argument("--frames", type=int, default=1, help="--in-process: traceback depth for the top sites")
+    ap.add_argument("--top", type=int, default=25, help="--in-process: how many allocation sites to print")
+    ap.add_argument("--linger-settle", type=float, default=40.0,
+                    help="--in-process: fake seconds to advance after each half (past Timer J)")
     a = ap.parse_args()
+    if a.in_process:
+        return in_process(a)
     a.harness = os.path.abspath(a.harness)
     a.venv = os.path.abspath(a.venv)
     if a.port == 5060:

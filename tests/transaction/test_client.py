@@ -269,3 +269,18 @@ def test_callback_may_start_a_new_transaction(h):
     h.advance_to(64.0)
     assert rec2.calls == [(64.0, None)]
     assert h.send_times(followups[0])[:3] == approx_list([32.0, 32.5, 33.5])
+
+
+def test_answered_udp_request_leaves_only_timer_k_behind(h):
+    """Memory: once answered, a NOTIFY's bytes and callback are let go and no
+    32 s Timer F entry stays in the heap (Timer E doubles as F over UDP)."""
+    ct, rec = start(h)
+    h.advance_to(0.2)
+    assert h.layer.receive_response(response(200, BRANCH), h.now) is True
+    assert rec.calls == [(0.2, rec.results[0])] and rec.results[0].status == 200
+    assert ct.data == b""
+    assert h.layer.receive_response(response(200, BRANCH), h.now) is True  # absorbed by Timer K
+    assert len(rec.calls) == 1
+    h.advance_to(0.2 + 5.0)
+    assert ct.key not in h.layer.client
+    assert len(h.timers) == 0  # no cancelled Timer F entry waiting for its 32 s

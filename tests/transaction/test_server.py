@@ -264,7 +264,7 @@ def test_second_final_response_is_discarded(h):
     assert h.layer.receive_request(request(), UDP_PEER) is None
     assert h.take() == [(ACCEPTED, RESP_DEST, None)]
     # One Timer J only.
-    assert sum(1 for _, _, t in h.timers._heap if not t.cancelled) == 1
+    assert sum(1 for _, _, cb, t in h.timers._heap if cb is not None or not t.cancelled) == 1
 
 
 def test_respond_after_termination_is_discarded(h):
@@ -295,3 +295,17 @@ def test_many_transactions_expire_independently(h):
     h.advance_to(45.0)
     alive = {st.key[0] for st in h.layer.server.values()}
     assert alive == {"z9hG4bK2", "z9hG4bK3", "z9hG4bK4"}
+
+
+def test_response_log_keeps_many_responses_apart():
+    """Lingering final responses share memory mappings; each retransmission
+    must still get its own response, byte for byte."""
+    from presenced.transaction.layer import ResponseLog
+
+    log = ResponseLog()
+    stored = []
+    for i in range(2000):  # ~2 MB: several mappings
+        data = b"SIP/2.0 200 OK\r\nCall-ID: %d\r\n" % i + b"x" * (i % 900)
+        stored.append((data, log.put(data)))
+    assert all(logged is not None and ResponseLog.get(*logged) == data for data, logged in stored)
+    assert log.put(b"y" * 40000) is None  # too big: the caller keeps the bytes

@@ -177,3 +177,25 @@ def test_run_due_late_fires_everything_overdue_once():
         th.schedule(i * 0.1, cb, i)
     assert th.run_due(1000.0) == 100
     assert [t for _, t in fired] == list(range(100))
+
+
+def test_delay_queue_goes_on_after_a_failing_callback():
+    from presenced.transaction.timers import DelayQueue, TimerHeap
+
+    heap = TimerHeap()
+    seen = []
+
+    def expire(now, item):
+        seen.append(item)
+        if item == "bad":
+            raise RuntimeError(item)
+
+    q = DelayQueue(heap, expire)
+    q.add(1.0, "bad")
+    q.add(2.0, "good")
+    try:
+        heap.run_due(1.5)
+    except RuntimeError:
+        pass
+    heap.run_due(3.0)
+    assert seen == ["bad", "good"]

@@ -587,10 +587,7 @@ class RpcService:
                 content_type=pkg.content_types[0] if pkg.content_types else "", expires_at=expires_at,
                 received=r.received_time - wall, seq=engine._pub_seq, sender=r.sender or None, priority=r.priority,
             )
-            engine.publications.setdefault((aor, pkg.key), {})[pub.etag] = pub
-            engine.etags[pub.etag] = pub
-            engine._arm_publication(pub)
-            engine._composed.pop((aor, pkg.key), None)
+            engine.index_publication(pub)
             changed.add((aor, pkg.key))
         gone = [
             x for x in engine.etags.values()

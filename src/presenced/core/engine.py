@@ -11,27 +11,26 @@ from __future__ import annotations
 import base64
 import logging
 from collections import deque
+from functools import partial
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Iterable
 
 from presenced.core.journal import Journal
-from presenced.core.state import Publication, Subscription
+from presenced.core.state import Groups, Publication, Subscription
 from presenced.events.base import BodyError, EventPackage, PublicationView, VersionedBody
 from presenced.events.registry import EventRegistry
 from presenced.sip.errors import SipParseError
 from presenced.sip.message import Request, Response
 from presenced.sip.tokens import token_hex, token_urlsafe
 from presenced.sip.uri import parse_uri
-from presenced.transaction.layer import Address, TransactionLayer, new_branch
-from presenced.transaction.timers import TimerHeap
+from presenced.transaction.layer import Address, TransactionLayer, new_branch, share, shared_address, udp_address
+from presenced.transaction.timers import DelayQueue, TimerHeap
 
 log = logging.getLogger("presenced.engine")
 
 UDP_MTU_LIMIT = 1300  # RFC 3261 §18.1.1
 HARD_STATE_SECONDS = 10 * 365 * 86400  # "never expires" (Kamailio stores expires = -1)
-# Address is immutable and watchers repeat: one per UDP destination.
-_UDP_DESTS: dict[tuple[str, int], Address] = {}
 
 
 @dataclass(slots=True)
@@ -58,6 +57,31 @@ def _opt(cfg: Any, section: str, name: str, default: Any) -> Any:
         return default
     sec = getattr(cfg, section, None)
     return getattr(sec, name, default) if sec is not None else default
+
+
+# Values every record would otherwise hold its own copy of (memory,
+# bench/state_memory.py): Accept lists repeat.
+_ACCEPTS: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _shared_accept(accept: list[str] | None) -> tuple[str, ...] | None:
+    if accept is None:
+        return None
+    t = tuple(accept)
+    return share(_ACCEPTS, t, t, 1024)
+
+
+def _entity(uri_text: str, pres_uri: str) -> str:
+    # The Request-URI usually is the presentity key itself: hold one string.
+    return pres_uri if uri_text == pres_uri else uri_text
+
+
+def _etag_of(pub: Publication) -> str:
+    return pub.etag
+
+
+def _key_of(sub: Subscription) -> tuple:
+    return sub.key
 
 
 def new_tag() -> str:
@@ -98,10 +122,11 @@ class PresenceEngine:
         self.force_delete = int(_opt(cfg, "presence", "force_delete", 0))
         self.sip_uri_match = int(_opt(cfg, "presence", "sip_uri_match", 0))
         # state
-        self.publications: dict[tuple[str, str], dict[str, Publication]] = {}
+        # (pres_uri, package key) -> publications by etag / subscriptions by dialog key
+        self.publications = Groups(_etag_of)
         self.etags: dict[str, Publication] = {}
         self.subs_by_dialog: dict[tuple, Subscription] = {}
-        self.subs_by_presentity: dict[tuple[str, str], dict[tuple, Subscription]] = {}
+        self.subs_by_presentity = Groups(_key_of)
         self.watchers: dict[tuple[str, str, str], tuple[str, str | None]] = {}
         # When each decision was made (inserted_time), and the pending ones by
         # (presentity, package): a pending watcher without a dialog is "waiting".
@@ -113,6 +138,11 @@ class PresenceEngine:
         # armed timer, and one local Contact string per listening address.
         self._pub_expired_cb = self._publication_expired
         self._sub_expired_cb = self._subscription_expired
+        # Expiry deadlines mostly arrive in order (one Expires value for most
+        # clients): those wait in a queue (~60 bytes each) instead of the heap
+        # (~100); an earlier deadline than the queue's last goes to the heap.
+        self._pub_expiry = DelayQueue(timers, self._pub_expired_cb)
+        self._sub_expiry = DelayQueue(timers, self._sub_expired_cb)
         self._contact_cache: dict[tuple[str, int, str, bool], str] = {}
         self._fanout: deque[tuple[Subscription, EventPackage]] = deque()
         self._fanout_pending: set[tuple] = set()
@@ -246,7 +276,7 @@ class PresenceEngine:
                 return Reply(400, "Missing body in initial PUBLISH")
             if expires == 0:
                 return Reply(200, "OK", [("Expires", "0")])
-            pub = self._store_publication(key, req.uri_text, pkg, body, ctype or pkg.content_types[0], now, expires, sender_uri)
+            pub = self._store_publication(key, _entity(req.uri_text, pres_uri), pkg, body, ctype or pkg.content_types[0], now, expires, sender_uri)
             self._publication_changed(key, pkg, now, sender_uri, published=True)
             return self._publish_ok(pub.etag, expires)
         old = self.etags.get(if_match)
@@ -257,11 +287,13 @@ class PresenceEngine:
             self._publication_changed(key, pkg, now, sender_uri, published=True)
             return Reply(200, "OK", [("SIP-ETag", old.etag), ("Expires", "0")])
         # refresh or modify: a new entity-tag every time (RFC 3903 §6 step 7)
-        self._drop_etag(old)
+        if self.journal is not None:
+            self.journal.pub_deleted(old.etag, old.pres_uri, old.event)
+        self.etags.pop(old.etag, None)
         new = new_etag()
+        self.publications.rekey(key, old.etag, new, old)
         old.etag = new
         self.etags[new] = old
-        self.publications[key][new] = old
         if self.journal is not None:
             self.journal.pub_saved(old)
         old.expires_at = now + expires
@@ -292,12 +324,9 @@ class PresenceEngine:
         )
         if not pkg.composes:
             # Newest wins (message-summary): older publications are superseded.
-            for other in list(self.publications.get(key, {}).values()):
+            for other in self.publications.records(key):
                 self._remove_publication(other)
-        pubs = self.publications.get(key)
-        if pubs is None:
-            pubs = self.publications[key] = {}
-        pubs[pub.etag] = pub
+        self.publications.add(key, pub.etag, pub)
         self.etags[pub.etag] = pub
         if self.journal is not None:
             self.journal.pub_saved(pub)
@@ -305,12 +334,13 @@ class PresenceEngine:
         return pub
 
     def _arm_publication(self, pub: Publication) -> None:
-        if pub.timer is not None:
-            pub.timer.cancel()
-        pub.timer = self.timers.schedule(pub.expires_at, self._pub_expired_cb, pub)
+        # No handle to cancel (memory): a removed or refreshed publication's
+        # old entry finds it gone or expiring later, and does nothing.
+        if not self._pub_expiry.add(pub.expires_at, pub):
+            self.timers.call_at(pub.expires_at, self._pub_expired_cb, pub)
 
     def _publication_expired(self, now: float, pub: Publication) -> None:
-        if self.etags.get(pub.etag) is not pub:
+        if self.etags.get(pub.etag) is not pub or pub.expires_at > now:
             return
         if self.expiry_guard is not None and not self.expiry_guard(pub):
             return
@@ -322,26 +352,16 @@ class PresenceEngine:
             if pkg is not None:
                 self._publication_changed(key, pkg, now, None)
 
-    def _drop_etag(self, pub: Publication) -> None:
+    def _remove_publication(self, pub: Publication) -> None:
         if self.journal is not None:
             self.journal.pub_deleted(pub.etag, pub.pres_uri, pub.event)
         self.etags.pop(pub.etag, None)
-        pubs = self.publications.get((pub.pres_uri, pub.event))
-        if pubs is not None:
-            pubs.pop(pub.etag, None)
-
-    def _remove_publication(self, pub: Publication) -> None:
-        self._drop_etag(pub)
-        if pub.timer is not None:
-            pub.timer.cancel()
-            pub.timer = None
         key = (pub.pres_uri, pub.event)
-        if not self.publications.get(key):
-            self.publications.pop(key, None)
+        self.publications.discard(key, pub.etag)
         self._composed.pop(key, None)
 
     def live_publications(self, key: tuple[str, str], now: float) -> list[Publication]:
-        pubs = [p for p in self.publications.get(key, {}).values() if p.expires_at > now]
+        pubs = [p for p in self.publications.records(key) if p.expires_at > now]
         # newest first: the first body has the highest priority when composing
         if self.retrieve_order == 1:
             pubs.sort(key=lambda p: (p.priority, p.seq), reverse=True)
@@ -360,7 +380,11 @@ class PresenceEngine:
             body = provider(key[0], entity) or pkg.empty_body(entity)
         else:
             body = pkg.empty_body(entity)
-        self._composed[key] = body
+        if self.subs_by_presentity.count(key) > 1:
+            # Kept only where several watchers share it: a presentity's only
+            # watcher would hold a second copy of the state (~350 bytes) for
+            # nothing but its next refresh (bench/state_memory.py).
+            self._composed[key] = body
         return body
 
     def state_changed(self, pres_uri: str, event: str, now: float) -> None:
@@ -373,7 +397,7 @@ class PresenceEngine:
         self, key: tuple[str, str], pkg: EventPackage, now: float, sender: str | None, published: bool = False,
     ) -> None:
         self._composed.pop(key, None)
-        subs = self.subs_by_presentity.get(key)
+        subs = self.subs_by_presentity.records(key)
         if not subs:
             return
         pending = self._fanout_pending
@@ -381,7 +405,7 @@ class PresenceEngine:
         # PUBLISH→NOTIFY latency: each watcher to notify remembers when the
         # oldest change it has not been told about yet was accepted.
         stamp = now if published and self.on_notify_latency is not None else None
-        for sub in list(subs.values()):
+        for sub in subs:
             if sub.status != "active" or sub.reason is not None or sub.expires_at <= now:
                 continue
             if sender is not None and sub.remote_target == sender:
@@ -456,7 +480,7 @@ class PresenceEngine:
         except SipParseError as e:
             return Reply(400, f"Bad Contact: {e.reason}"), []
         try:
-            accept = req.accept
+            accept = _shared_accept(req.accept)
         except SipParseError as e:
             return Reply(400, e.reason), []
         if not pkg.accepts(accept):
@@ -501,11 +525,11 @@ class PresenceEngine:
 
     def _initial_subscribe(
         self, req: Request, ctx: RequestContext, now: float, pkg: EventPackage, expires: int,
-        watcher_uri: str | None, event_id: str | None, accept: list[str] | None, cseq: int,
+        watcher_uri: str | None, event_id: str | None, accept: tuple[str, ...] | None, cseq: int,
     ) -> tuple[Reply, list[Callable[[], None]]]:
         try:
             pres_uri = self.presentity_key(req.uri_text)
-            record_route = [rr.raw for rr in req.record_route]
+            record_route = tuple(rr.raw for rr in req.record_route)
         except SipParseError as e:
             return Reply(e.status, e.reason), []
         from_ = req.from_
@@ -519,10 +543,10 @@ class PresenceEngine:
         to_raw = req.get("to") or ""
         sub = Subscription(
             call_id=req.call_id, remote_tag=from_.tag or "", local_tag=to_tag, event=pkg.key,
-            event_id=event_id, event_header=event_header, pres_uri=pres_uri, entity=req.uri_text,
+            event_id=event_id, event_header=event_header, pres_uri=pres_uri, entity=_entity(req.uri_text, pres_uri),
             watcher_uri=watcher, watcher_display=from_.display, remote_target=req.contacts[0].uri_text,
             route_set=record_route, to_header=req.get("from") or "", from_header=f"{to_raw};tag={to_tag}",
-            remote_cseq=cseq, local_cseq=0, expires_at=now + expires, source=ctx.source,
+            remote_cseq=cseq, local_cseq=0, expires_at=now + expires, source=shared_address(ctx.source),
             local_host=ctx.local_host, local_port=ctx.local_port,
             local_contact=self.local_contact(ctx, req.uri_text[:5].lower() == "sips:"),
             accept=accept, created=now,
@@ -634,7 +658,7 @@ class PresenceEngine:
         group = self._pending_watchers.get((pres, event))
         if not group:
             return []
-        live = {self._watcher_key(s.watcher_uri) for s in self.subs_by_presentity.get((pres, event), {}).values()}
+        live = {self._watcher_key(s.watcher_uri) for s in self.subs_by_presentity.records((pres, event))}
         return sorted(w for w in group if w not in live)
 
     def _add_subscription(self, sub: Subscription) -> None:
@@ -648,8 +672,8 @@ class PresenceEngine:
         self.rearm_subscription(sub)
 
     def _subscription_expired(self, now: float, sub: Subscription) -> None:
-        if self.subs_by_dialog.get(sub.key) is not sub:
-            return
+        if sub.expires_at > now or self.subs_by_dialog.get(sub.key) is not sub:
+            return  # refreshed (a newer timer entry follows) or gone
         if self.expiry_guard is not None and not self.expiry_guard(sub):
             return
         self.stats["subscriptions_expired"] += 1
@@ -665,15 +689,7 @@ class PresenceEngine:
             del self.subs_by_dialog[sub.key]
             if self.journal is not None:
                 self.journal.sub_deleted(sub)
-        pk = (sub.pres_uri, sub.event)
-        group = self.subs_by_presentity.get(pk)
-        if group is not None:
-            group.pop(sub.key, None)
-            if not group:
-                del self.subs_by_presentity[pk]
-        if sub.timer is not None:
-            sub.timer.cancel()
-            sub.timer = None
+        self.subs_by_presentity.discard((sub.pres_uri, sub.event), sub.key)
 
     # ------------------------------------------- records loaded from storage
     # Start-up restore and DB-only reloads: state the database already holds,
@@ -681,7 +697,11 @@ class PresenceEngine:
     def adopt_publication(self, pub: Publication) -> None:
         self._pub_seq += 1
         pub.seq = self._pub_seq
-        self.publications.setdefault((pub.pres_uri, pub.event), {})[pub.etag] = pub
+        self.index_publication(pub)
+
+    def index_publication(self, pub: Publication) -> None:
+        """Hold `pub` (a record from storage) and arm its expiry; no NOTIFY."""
+        self.publications.add((pub.pres_uri, pub.event), pub.etag, pub)
         self.etags[pub.etag] = pub
         self._composed.pop((pub.pres_uri, pub.event), None)
         self._arm_publication(pub)
@@ -690,26 +710,20 @@ class PresenceEngine:
         if self.etags.get(pub.etag) is pub:
             del self.etags[pub.etag]
         key = (pub.pres_uri, pub.event)
-        group = self.publications.get(key)
-        if group is not None and group.get(pub.etag) is pub:
-            del group[pub.etag]
-            if not group:
-                del self.publications[key]
-        if pub.timer is not None:
-            pub.timer.cancel()
-            pub.timer = None
+        self.publications.discard(key, pub.etag, pub)
         self._composed.pop(key, None)
 
     def adopt_subscription(self, sub: Subscription) -> None:
         key = sub.key  # one tuple for both indexes
         self.subs_by_dialog[key] = sub
-        self.subs_by_presentity.setdefault((sub.pres_uri, sub.event), {})[key] = sub
+        self.subs_by_presentity.add((sub.pres_uri, sub.event), key, sub)
         self.rearm_subscription(sub)
 
     def rearm_subscription(self, sub: Subscription) -> None:
-        if sub.timer is not None:
-            sub.timer.cancel()
-        sub.timer = self.timers.schedule(sub.expires_at, self._sub_expired_cb, sub)
+        # No handle to cancel (memory): an outdated entry finds the
+        # subscription gone or expiring later, and does nothing.
+        if not self._sub_expiry.add(sub.expires_at, sub):
+            self.timers.call_at(sub.expires_at, self._sub_expired_cb, sub)
 
     def forget_subscription(self, sub: Subscription) -> None:
         journal, self.journal = self.journal, None
@@ -824,12 +838,7 @@ class PresenceEngine:
             return Address(src.transport, host, port, src.conn)
         if transport in ("tcp", "tls", "ws", "wss"):
             return Address("tcp" if transport == "tcp" else transport, host, port, None)
-        dest = _UDP_DESTS.get((host, port))
-        if dest is None:
-            if len(_UDP_DESTS) >= 10000:
-                _UDP_DESTS.clear()
-            dest = _UDP_DESTS[(host, port)] = Address("udp", host, port, None)
-        return dest
+        return udp_address(host, port)
 
     def _notify_result(self, sub: Subscription, resp: Response | None, now: float) -> None:
         code = resp.status if resp is not None else 408
@@ -856,7 +865,7 @@ class PresenceEngine:
     # ----------------------------------------------------------------- winfo
     def _winfo_subscribers(self, sub: Subscription, pkg: EventPackage) -> list[Subscription]:
         wk = (sub.pres_uri, f"{pkg.name}.winfo")
-        return list(self.subs_by_presentity.get(wk, {}).values())
+        return list(self.subs_by_presentity.records(wk))
 
     def _winfo_entry(self, w: Subscription, now: float, terminated: bool = False):
         from presenced.events.formats.watcherinfo import WatcherEntry
@@ -909,7 +918,7 @@ class PresenceEngine:
     # ------------------------------------------------------------ module API
     def pres_has_subscribers(self, uri: str, event: str) -> bool:
         pkg_key = event
-        return bool(self.subs_by_presentity.get((self.presentity_key(uri), pkg_key)))
+        return (self.presentity_key(uri), pkg_key) in self.subs_by_presentity
 
     def pres_auth_status(self, watcher_uri: str, presentity_uri: str) -> int:
         """Kamailio's codes: 1 active, 2 pending, 3 terminated, 4 waiting, 5 polite-block."""
@@ -939,7 +948,7 @@ class PresenceEngine:
             return 0
         pres = self.presentity_key(uri)
         changed = 0
-        for sub in list(self.subs_by_presentity.get((pres, pkg.key), {}).values()):
+        for sub in self.subs_by_presentity.records((pres, pkg.key)):
             new = self._authorize(sub, pkg)
             if (sub.status, sub.reason) == new:
                 continue
@@ -967,7 +976,7 @@ class PresenceEngine:
             return 0
         key = (self.presentity_key(uri), pkg.key)
         self._composed.pop(key, None)
-        subs = [s for s in self.subs_by_presentity.get(key, {}).values() if s.status == "active"]
+        subs = [s for s in self.subs_by_presentity.records(key) if s.status == "active"]
         for s in subs:
             self._safe_notify(s, pkg, now)
         return len(subs)

@@ -7,7 +7,7 @@ where one exists, so storage backends map them one to one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterator, Sequence
 
 from presenced.transaction.layer import Address
 
@@ -25,7 +25,6 @@ class Publication:
     seq: int               # arrival order, the tie-breaker for retrieve_order
     sender: str | None = None
     priority: int = 0
-    timer: Any = None
 
 
 @dataclass(slots=True)
@@ -44,7 +43,7 @@ class Subscription:
     watcher_display: str | None
     # dialog state for the NOTIFYs we send (RFC 3261 §12)
     remote_target: str
-    route_set: list[str]
+    route_set: tuple[str, ...] | list[str]
     to_header: str         # the SUBSCRIBE's From, becomes our NOTIFY To
     from_header: str       # the SUBSCRIBE's To + our tag, becomes our NOTIFY From
     remote_cseq: int
@@ -57,9 +56,8 @@ class Subscription:
     local_host: str = ""
     local_port: int = 0
     local_contact: str = ""
-    accept: list[str] | None = None
+    accept: tuple[str, ...] | list[str] | None = None  # shared between subscriptions: never changed in place
     created: float = 0.0
-    timer: Any = None
     watcher_event: str = "subscribe"   # RFC 3857 event of the last watcher transition
     winfo_full_sent: bool = False
     notifies_sent: int = 0
@@ -75,3 +73,94 @@ class Subscription:
     def watcher_id(self) -> str:
         """Stable RFC 3858 watcher id for this subscription."""
         return "w" + self.local_tag
+
+
+class Groups:
+    """key -> the records under that key (a presentity's publications or
+    watchers), by member key.
+
+    Most presentities have one publication and one watcher, and a dict per
+    key costs ~250 bytes: a key's only record is stored bare and a second
+    record turns it into a dict (bench/state_memory.py). `get(key, default)`
+    returns a mapping either way (a new one for a bare record), so change the
+    groups through `add`/`discard`/`rekey`, never through what `get` returned.
+    """
+
+    __slots__ = ("_d", "_member")
+
+    def __init__(self, member: Callable[[Any], Any]) -> None:
+        self._d: dict[Any, Any] = {}
+        self._member = member  # record -> its member key
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._d
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._d)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        v = self._d.get(key)
+        if v is None:
+            return default
+        if type(v) is dict:
+            return v
+        return {self._member(v): v}
+
+    def records(self, key: Any) -> Sequence[Any]:
+        """The records under key (a new sequence: safe to change the groups while iterating)."""
+        v = self._d.get(key)
+        if v is None:
+            return ()
+        if type(v) is dict:
+            return list(v.values())
+        return (v,)
+
+    def count(self, key: Any) -> int:
+        v = self._d.get(key)
+        if v is None:
+            return 0
+        return len(v) if type(v) is dict else 1
+
+    def add(self, key: Any, member: Any, rec: Any) -> None:
+        d = self._d
+        v = d.get(key)
+        if v is None:
+            d[key] = rec
+        elif type(v) is dict:
+            v[member] = rec
+        else:
+            old = self._member(v)
+            d[key] = {member: rec} if old == member else {old: v, member: rec}
+
+    def discard(self, key: Any, member: Any, rec: Any = None) -> None:
+        """Remove `member` from key's group (only if it is `rec`, when given)."""
+        d = self._d
+        v = d.get(key)
+        if v is None:
+            return
+        if type(v) is dict:
+            cur = v.get(member)
+            if cur is None or (rec is not None and cur is not rec):
+                return
+            del v[member]
+            if len(v) == 1:
+                d[key] = next(iter(v.values()))
+            elif not v:
+                del d[key]
+        elif (v is rec) if rec is not None else (self._member(v) == member):
+            del d[key]
+
+    def rekey(self, key: Any, old: Any, new: Any, rec: Any) -> None:
+        """`rec`'s member key changed from old to new (it moves to the end, as re-adding does)."""
+        v = self._d.get(key)
+        if type(v) is dict:
+            v.pop(old, None)
+            v[new] = rec
+        elif v is not rec:
+            self.add(key, new, rec)
+
+    def clear(self) -> None:
+        self._d.clear()

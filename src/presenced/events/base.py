@@ -90,7 +90,7 @@ class EventPackage:
         """Per-watcher body transformation (authorization rules); identity by default."""
         return body
 
-    def accepts(self, accept: list[str] | None) -> bool:
+    def accepts(self, accept: Sequence[str] | None) -> bool:
         """RFC 6665 §4.2.1.1 / 406: is notify_type acceptable to this watcher?"""
         if accept is None or not accept:
             return True

@@ -4,11 +4,17 @@ Server side: a retransmitted request is matched to its transaction and gets
 the identical final response (the latest provisional while Proceeding,
 nothing while the TU is still working); further responses from the TU after
 the final one are discarded; the transaction lingers for Timer J (64*T1 on
-UDP, 0 on reliable transports).
+UDP, 0 on reliable transports). At 3,000 requests/s about 96,000 transactions
+linger at any time, so a completed one is replaced by a `Completed` that
+holds only what answering a retransmission needs: its key and the final
+response with its destination; the response bytes go to a `ResponseLog`.
 
 Client side (our NOTIFYs): Timer E retransmits over UDP with back-off up to
 T2, Timer F gives up after 64*T1, Timer K absorbs late responses. The TU gets
-exactly one result: the final response, or None on timeout.
+exactly one result: the final response, or None on timeout. Over UDP Timer E
+also plays Timer F (its last firing is capped at the F deadline), so an
+answered NOTIFY leaves no 32 s heap entry behind, and a finished transaction
+drops its request bytes and callback (memory: one NOTIFY per SUBSCRIBE).
 
 Time is always passed in; nothing here reads a clock or touches a socket.
 Bytes to send are appended to `outbox` as (data, Address, client transaction
@@ -17,6 +23,7 @@ or None); the runtime reports a send failure back with `transport_failed`.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -48,8 +55,40 @@ class Address:
         return t != "udp" and t != "UDP"
 
 
+_SHARED_ADDRESSES: dict[tuple[str, str, int], Address] = {}
+
+
+def share(cache: dict, key: Any, value: Any, limit: int) -> Any:
+    """The value `cache` holds for key, else `value`, remembered (memory: many
+    records hold equal immutable values; the cache is cleared when full)."""
+    shared = cache.get(key)
+    if shared is None:
+        if len(cache) >= limit:
+            cache.clear()
+        shared = cache[key] = value
+    return shared
+
+
+def shared_address(addr: Address) -> Address:
+    """One Address object per connectionless destination (the transport makes
+    one per datagram; records and lingering transactions would each keep theirs)."""
+    if addr.conn is not None:
+        return addr
+    return share(_SHARED_ADDRESSES, (addr.transport, addr.host, addr.port), addr, 10000)
+
+
+def udp_address(host: str, port: int) -> Address:
+    shared = _SHARED_ADDRESSES.get(("udp", host, port))
+    return shared if shared is not None else shared_address(Address("udp", host, port, None))
+
+
 def new_branch() -> str:
     return MAGIC + token_hex(8)
+
+
+# (Via host, port) -> (lowercased host, port): lingering transactions share
+# the strings and ints of their key instead of one copy each.
+_SENT_BY: dict[tuple[str, int | None], tuple[str, int | None]] = {}
 
 
 def server_key(req: Request) -> tuple:
@@ -57,7 +96,11 @@ def server_key(req: Request) -> tuple:
     method = "INVITE" if req.method == "ACK" else req.method
     branch = via.branch
     if branch and branch.startswith(MAGIC):
-        return (branch, via.host.lower(), via.port, method)
+        raw = (via.host, via.port)
+        sent_by = _SENT_BY.get(raw)
+        if sent_by is None:
+            sent_by = share(_SENT_BY, raw, (raw[0].lower(), raw[1]), 4096)
+        return (branch, sent_by[0], sent_by[1], method)
     # RFC 2543 peers: no usable branch, match on the request identifiers
     # (§17.2.3: Request-URI, From tag, Call-ID, CSeq, top Via).
     from_tag = req.from_.tag
@@ -82,8 +125,70 @@ class ServerTransaction:
         return self.last_response is not None
 
 
+class ResponseLog:
+    """The final responses of lingering UDP transactions, written one after
+    the other into anonymous memory mappings of CHUNK bytes.
+
+    They all expire Timer J after being written, so in the order of writing:
+    a mapping is unmapped as a whole once the last transaction using it is
+    gone. As Python objects, ~100,000 responses of ~450 bytes would leave
+    their freed blocks in CPython's heap, where they stay resident
+    (bench/state_memory.py).
+    """
+
+    CHUNK = 256 * 1024
+
+    __slots__ = ("chunk", "pos")
+
+    def __init__(self) -> None:
+        self.chunk: mmap.mmap | None = None
+        self.pos = 0
+
+    def put(self, data: bytes) -> tuple[mmap.mmap, int] | None:
+        """(mapping, span) holding `data`; None if it is too big to bother."""
+        n = len(data)
+        if n >= self.CHUNK // 8:
+            return None
+        chunk = self.chunk
+        start = self.pos
+        if chunk is None or start + n > self.CHUNK:
+            # Private: a forked worker must not share (and overwrite) the parent's.
+            chunk = self.chunk = mmap.mmap(-1, self.CHUNK, flags=mmap.MAP_PRIVATE)
+            start = 0
+        chunk[start:start + n] = data
+        self.pos = start + n
+        return chunk, (start << 16) | n
+
+    @staticmethod
+    def get(chunk: mmap.mmap, span: int) -> bytes:
+        start = span >> 16
+        return chunk[start:start + (span & 0xFFFF)]
+
+
+class Completed:
+    """A UDP server transaction after its final response, until Timer J:
+    the response is `data` (bytes), or `data[span]` of a ResponseLog mapping."""
+
+    __slots__ = ("key", "data", "span", "dest")
+
+    def __init__(self, key: tuple, data: bytes | mmap.mmap, span: int, dest: Address) -> None:
+        self.key = key
+        self.data = data
+        self.span = span
+        self.dest = dest
+
+    @property
+    def response(self) -> bytes:
+        data = self.data
+        return data if type(data) is bytes else ResponseLog.get(data, self.span)  # type: ignore[arg-type]
+
+
+def _no_result(resp: Response | None, now: float) -> None:
+    """on_result of a finished client transaction (its own was called once)."""
+
+
 class ClientTransaction:
-    __slots__ = ("key", "data", "dest", "on_result", "timer_e", "timer_f", "interval", "done", "retransmits")
+    __slots__ = ("key", "data", "dest", "on_result", "timer_e", "timer_f", "interval", "done", "retransmits", "deadline")
 
     def __init__(self, key: tuple, data: bytes, dest: Address, on_result: Callable[[Response | None, float], None]) -> None:
         self.key = key
@@ -95,17 +200,26 @@ class ClientTransaction:
         self.interval = T1
         self.done = False
         self.retransmits = 0
+        self.deadline = 0.0  # Timer F
+
+    def result(self, resp: Response | None, now: float) -> None:
+        """Hand the outcome to the TU, once, and let go of what only retransmitting needed."""
+        on_result = self.on_result
+        self.on_result = _no_result
+        self.data = b""
+        on_result(resp, now)
 
 
 class TransactionLayer:
     def __init__(self, timers: TimerHeap, t1: float = T1, t2: float = T2, t4: float = T4) -> None:
         self.timers = timers
         self.t1, self.t2, self.t4 = t1, t2, t4
-        self.server: dict[tuple, ServerTransaction] = {}
+        self.server: dict[tuple, ServerTransaction | Completed] = {}
         self.client: dict[tuple, ClientTransaction] = {}
         self.outbox: list[tuple[bytes, Address, ClientTransaction | None]] = []
         # Timers J and K have fixed durations: queues instead of a heap entry each.
         self._linger = DelayQueue(timers, self._timer_j)
+        self._responses = ResponseLog()
         self._absorb = DelayQueue(timers, self._timer_k)
         self.stats = {"retransmissions_absorbed": 0, "notify_retransmits": 0, "client_timeouts": 0, "stray_responses": 0}
 
@@ -117,6 +231,10 @@ class TransactionLayer:
         st = self.server.get(key)
         if st is not None:
             self.stats["retransmissions_absorbed"] += 1
+            if type(st) is Completed:
+                if req.method != "ACK":
+                    self.outbox.append((st.response, source if source.reliable else st.dest, None))
+                return None
             # Completed: the final response; Proceeding: the latest provisional
             # (§17.2.2); Trying: nothing.
             last = st.last_response or st.provisional
@@ -144,13 +262,20 @@ class TransactionLayer:
         if linger <= 0:
             self.server.pop(st.key, None)
             return
-        when = now + linger
-        if not self._linger.add(when, st):
-            st.timer = self.timers.schedule(when, self._timer_j, st)
-
-    def _timer_j(self, now: float, st: ServerTransaction) -> None:
+        logged = self._responses.put(data)
+        if logged is None:
+            done = Completed(st.key, data, 0, shared_address(dest))
+        else:
+            done = Completed(st.key, logged[0], logged[1], shared_address(dest))
         if self.server.get(st.key) is st:
-            del self.server[st.key]
+            self.server[st.key] = done
+        when = now + linger
+        if not self._linger.add(when, done):
+            self.timers.schedule(when, self._timer_j, done)
+
+    def _timer_j(self, now: float, done: Completed) -> None:
+        if self.server.get(done.key) is done:
+            del self.server[done.key]
 
     # -- client side -------------------------------------------------------
     def send_request(
@@ -162,19 +287,24 @@ class TransactionLayer:
         ct.interval = self.t1
         self.client[key] = ct
         self.outbox.append((data, dest, ct))
+        deadline = ct.deadline = now + 64 * self.t1
         if not dest.reliable:
-            ct.timer_e = self.timers.schedule(now + self.t1, self._timer_e, ct)
-        ct.timer_f = self.timers.schedule(now + 64 * self.t1, self._timer_f, ct)
+            ct.timer_e = self.timers.schedule(min(now + self.t1, deadline), self._timer_e, ct)
+        else:
+            ct.timer_f = self.timers.schedule(deadline, self._timer_f, ct)
         return ct
 
     def _timer_e(self, now: float, ct: ClientTransaction) -> None:
         if ct.done:
             return
+        if now >= ct.deadline:
+            self._timer_f(now, ct)
+            return
         self.outbox.append((ct.data, ct.dest, ct))
         ct.retransmits += 1
         self.stats["notify_retransmits"] += 1
         ct.interval = min(ct.interval * 2, self.t2)
-        ct.timer_e = self.timers.schedule(now + ct.interval, self._timer_e, ct)
+        ct.timer_e = self.timers.schedule(min(now + ct.interval, ct.deadline), self._timer_e, ct)
 
     def _timer_f(self, now: float, ct: ClientTransaction) -> None:
         if ct.done:
@@ -184,7 +314,7 @@ class TransactionLayer:
         if self.client.get(ct.key) is ct:
             del self.client[ct.key]
         self.stats["client_timeouts"] += 1
-        ct.on_result(None, now)
+        ct.result(None, now)
 
     def _finish(self, ct: ClientTransaction) -> None:
         ct.done = True
@@ -204,7 +334,7 @@ class TransactionLayer:
         self._finish(ct)
         if self.client.get(ct.key) is ct:
             del self.client[ct.key]
-        ct.on_result(None, now)
+        ct.result(None, now)
 
     def receive_response(self, resp: Response, now: float) -> bool:
         """Match a response to a client transaction (§17.1.3). False if stray."""
@@ -231,5 +361,5 @@ class TransactionLayer:
         else:
             if not self._absorb.add(now + self.t4, ct):
                 self.timers.schedule(now + self.t4, self._timer_k, ct)
-        ct.on_result(resp, now)
+        ct.result(resp, now)
         return True

@@ -4,6 +4,11 @@ Everything that expires (transactions, publications, subscriptions) puts a
 deadline here; the runtime arms one OS timer for `next_deadline()` and calls
 `run_due(now)`. Cancellation is lazy: a cancelled entry stays in the heap and
 is skipped when popped, which keeps cancel O(1).
+
+`call_at` is the compact form for the records the engine holds by the
+hundred thousand (publication and subscription expiry): one heap tuple and no
+handle; it cannot be cancelled, so its callback must check that the record
+still expires then (a refresh simply adds a new entry).
 """
 
 from __future__ import annotations
@@ -24,14 +29,21 @@ class TimerHandle:
         self.cancelled = False
 
     def cancel(self) -> None:
+        # The entry stays in the heap until its time: let go of what it would run.
         self.cancelled = True
+        self.args = ()
+
+
+# Marks a heap entry whose last element is a TimerHandle (from `schedule`).
+_HANDLE = None
 
 
 class TimerHeap:
     __slots__ = ("_heap", "_seq")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, TimerHandle]] = []
+        # (when, seq, callback, arg): callback None = arg is a TimerHandle.
+        self._heap: list[tuple[float, int, Any, Any]] = []
         self._seq = itertools.count()
 
     def __len__(self) -> int:
@@ -39,12 +51,16 @@ class TimerHeap:
 
     def schedule(self, when: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
         h = TimerHandle(when, callback, args)
-        heapq.heappush(self._heap, (when, next(self._seq), h))
+        heapq.heappush(self._heap, (when, next(self._seq), _HANDLE, h))
         return h
+
+    def call_at(self, when: float, callback: Callable[[float, Any], Any], arg: Any) -> None:
+        """Run `callback(now, arg)` at `when`; no handle, cannot be cancelled."""
+        heapq.heappush(self._heap, (when, next(self._seq), callback, arg))
 
     def next_deadline(self) -> float | None:
         heap = self._heap
-        while heap and heap[0][2].cancelled:
+        while heap and heap[0][2] is _HANDLE and heap[0][3].cancelled:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
@@ -53,7 +69,11 @@ class TimerHeap:
         heap = self._heap
         fired = 0
         while heap and heap[0][0] <= now:
-            _, _, h = heapq.heappop(heap)
+            _, _, cb, h = heapq.heappop(heap)
+            if cb is not _HANDLE:
+                cb(now, h)
+                fired += 1
+                continue
             if h.cancelled:
                 continue
             h.cancelled = True
@@ -95,6 +115,8 @@ class DelayQueue:
     def _run(self, now: float) -> None:
         items = self.items
         expire = self.expire
-        while items and items[0][0] <= now:
-            expire(now, items.popleft()[1])
-        self.handle = self.timers.schedule(items[0][0], self._run) if items else None
+        try:
+            while items and items[0][0] <= now:
+                expire(now, items.popleft()[1])
+        finally:  # a failing callback must not leave the rest without a timer
+            self.handle = self.timers.schedule(items[0][0], self._run) if items else None

@@ -1,0 +1,88 @@
+"""The compact ways the engine holds its state (bench/state_memory.py) must
+not change what watchers and publishers see: flat per-presentity groups,
+expiry timers without handles (a refresh leaves the old deadline behind),
+and the composed body kept only when several watchers share it."""
+
+from __future__ import annotations
+
+from core_support import Harness, pidf, state
+
+from presenced.core.state import Groups
+
+ALICE = "sip:alice@example.com"
+
+
+def test_groups_hold_one_record_bare_and_several_in_a_dict():
+    class Rec:
+        def __init__(self, k: str) -> None:
+            self.k = k
+
+    g = Groups(lambda r: r.k)
+    a, b, c = Rec("a"), Rec("b"), Rec("c")
+    g.add("p", "a", a)
+    assert g.records("p") == (a,) and g.get("p") == {"a": a} and g.count("p") == 1
+    g.add("p", "b", b)
+    g.add("p", "c", c)
+    assert list(g.records("p")) == [a, b, c] and g.count("p") == 3
+    g.discard("p", "b", c)  # not the record under "b": kept
+    assert g.count("p") == 3
+    g.discard("p", "b")
+    g.discard("p", "a", a)
+    assert g.records("p") == (c,) and "p" in g
+    b.k = "b2"
+    g.rekey("p", "b", "b2", b)  # not held: added
+    assert g.get("p") == {"c": c, "b2": b}
+    g.discard("p", "c")
+    g.discard("p", "b2", b)
+    assert "p" not in g and g.records("p") == () and g.get("p", {}) == {}
+
+
+def test_refreshed_publication_outlives_its_first_deadline():
+    h = Harness.make(**{"presence_xml.force_active": 1})
+    r = h.publish(ALICE, pidf(ALICE, note="one"), expires=60)
+    _, d = h.subscribe(ALICE, "sip:bob@example.com", expires=600)
+    h.take(d)
+    h.advance(30)
+    r = h.publish(ALICE, b"", etag=r.get("sip-etag"), expires=60)
+    assert r.status == 200
+    h.advance(31)  # past the first deadline (60 s), before the second (90 s)
+    assert h.take(d) == []
+    assert h.engine.etags.get(r.get("sip-etag")) is not None
+    h.advance(30)  # past the second: gone, and the watcher is told
+    assert h.engine.etags.get(r.get("sip-etag")) is None
+    (n,) = h.take(d)
+    assert state(n) == "active" and b"one" not in n.body
+
+
+def test_refreshed_subscription_outlives_its_first_deadline_and_a_removed_one_stays_quiet():
+    h = Harness.make(**{"presence_xml.force_active": 1})
+    h.publish(ALICE, pidf(ALICE))
+    _, d1 = h.subscribe(ALICE, "sip:bob@example.com", expires=60)
+    _, d2 = h.subscribe(ALICE, "sip:carol@example.com", expires=60, port=40002)
+    h.take(d2)
+    h.advance(30)
+    h.subscribe(ALICE, "sip:bob@example.com", expires=60, dialog=d1)
+    h.subscribe(ALICE, "sip:carol@example.com", expires=0, dialog=d2)  # ended now
+    h.take(d1)
+    assert [state(n) for n in h.take(d2)] == ["terminated"]
+    h.advance(31)  # both first deadlines pass: nothing happens
+    assert h.take(d1) == [] and h.take(d2) == []
+    assert h.engine.pres_has_subscribers(ALICE, "presence")
+    h.advance(30)
+    assert [state(n) for n in h.take(d1)] == ["terminated"]
+    assert not h.engine.pres_has_subscribers(ALICE, "presence")
+
+
+def test_composed_body_is_kept_only_when_watchers_share_it():
+    h = Harness.make(**{"presence_xml.force_active": 1})
+    key = (ALICE, "presence")
+    h.publish(ALICE, pidf(ALICE, note="first"))
+    _, d1 = h.subscribe(ALICE, "sip:bob@example.com")
+    assert key not in h.engine._composed
+    _, d2 = h.subscribe(ALICE, "sip:carol@example.com", port=40002)
+    assert key in h.engine._composed
+    h.take(d1)
+    h.take(d2)
+    h.publish(ALICE, pidf(ALICE, note="second"))
+    (n1,), (n2,) = h.take(d1), h.take(d2)
+    assert n1.body == n2.body and b"second" in n1.body
