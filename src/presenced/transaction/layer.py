@@ -231,7 +231,7 @@ class TransactionLayer:
         st = self.server.get(key)
         if st is not None:
             self.stats["retransmissions_absorbed"] += 1
-            if type(st) is Completed:
+            if isinstance(st, Completed):
                 if req.method != "ACK":
                     self.outbox.append((st.response, source if source.reliable else st.dest, None))
                 return None
