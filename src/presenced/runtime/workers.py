@@ -391,16 +391,19 @@ class WorkerServer(Server):
         return merge_metrics(await self.gather("metrics.render", None, mine))
 
 
-def _sum(a: Any, b: Any) -> Any:
-    """Counters of two workers added up (dicts by key; non-numbers: the first)."""
+def _sum(a: Any, b: Any, key: str = "") -> Any:
+    """Counters of two workers added up (dicts by key); `healthy` holds when
+    it holds in both, the uptime is the longest, other non-numbers: the first set."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = dict(a)
         for k, v in b.items():
-            out[k] = _sum(out[k], v) if k in out else v
+            out[k] = _sum(out[k], v, k) if k in out else v
         return out
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return a + b
-    return a
+    if isinstance(a, bool) or isinstance(b, bool):
+        return (bool(a) and bool(b)) if key == "healthy" else (bool(a) or bool(b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return max(a, b) if key == "uptime_seconds" else a + b
+    return b if a is None else a
 
 
 # Gauges that are per process, not additive: the smallest value wins.
