@@ -8,6 +8,7 @@
 #                           (default 1 for quick, 3 for full)
 #   BENCH_SCENARIOS=A,B,..  subset of scenarios (default all: A,B,C,D,E)
 #   BENCH_CHILDREN=8[,2]    Kamailio -n values (default 8)
+#   BENCH_WORKERS=N         presenced --workers (default 2: one per core)
 #   BENCH_EXTRA_ARGS="..."  extra run.py options (word-split)
 #   PRESENCED_BENCH_HARNESS path to the harness (default ../shared/bench
 #                           relative to the repo root)
@@ -26,6 +27,7 @@ case "$MODE" in quick|full) ;; *) echo "BENCH_MODE must be quick or full (got '$
 if [ "$MODE" = full ]; then REPEAT="${BENCH_REPEAT:-3}"; else REPEAT="${BENCH_REPEAT:-1}"; fi
 SCENARIOS="${BENCH_SCENARIOS:-A,B,C,D,E}"
 CHILDREN="${BENCH_CHILDREN:-8}"
+WORKERS="${BENCH_WORKERS:-2}"
 VENV="${VENV:-$ROOT/.venv}"
 VENV="$(cd "$VENV" && pwd)"
 PRESENCED="$VENV/bin/presenced"
@@ -75,11 +77,11 @@ RUNDIR="$ROOT/bench/runs/$STAMP-$MODE"
 RESDIR="$ROOT/bench/results/$STAMP-$MODE"
 mkdir -p "$RUNDIR" "$RESDIR"
 
-SERVER_CMD="$PRESENCED serve --listen udp:{host}:{port} --listen tcp:{host}:{port} --db-url memory --set presence_xml.force_active=1 --log-level warning"
+SERVER_CMD="$PRESENCED serve --listen udp:{host}:{port} --listen tcp:{host}:{port} --db-url memory --set presence_xml.force_active=1 --log-level warning --workers $WORKERS"
 
 # shellcheck disable=SC2206
 EXTRA=(${BENCH_EXTRA_ARGS:-})
-echo "== harness $HARNESS, mode $MODE, repeat $REPEAT, scenarios $SCENARIOS, raw logs in $RUNDIR"
+echo "== harness $HARNESS, mode $MODE, repeat $REPEAT, scenarios $SCENARIOS, presenced --workers $WORKERS, raw logs in $RUNDIR"
 set +e
 python3 "$HARNESS/run.py" --mode "$MODE" --repeat "$REPEAT" --scenarios "$SCENARIOS" \
     --servers kamailio-mem,ours --children "$CHILDREN" --baseline "kamailio-mem/c${CHILDREN%%,*}" \
