@@ -740,6 +740,9 @@ def run_worker(server: WorkerServer, index: int) -> int:
     from presenced.runtime.server import install_uvloop
     from presenced.storage.base import StoreError
 
+    import presenced.logsetup
+
+    presenced.logsetup.WORKER = index
     install_uvloop()
     try:
         asyncio.run(server.serve_forever())
