@@ -45,7 +45,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from presenced.api.rpc import INTERNAL_ERROR, RpcError, RpcService
+from presenced.api.rpc import FAULT, INTERNAL_ERROR, RpcError, RpcService
 from presenced.core.partition import Partitioner, branch_mark, owner_of
 from presenced.runtime.server import PROTOCOLS, Server
 from presenced.sip import tokens
@@ -366,6 +366,8 @@ class WorkerServer(Server):
         try:
             if req["m"] == "metrics.render":
                 out: dict[str, Any] = {"r": self.metrics.render()}
+            elif req["m"] == "etag.lookup":
+                out = {"r": self.etag_owner(req["p"][0])}
             else:
                 out = {"r": await self.local_rpc.call(req["m"], req["p"])}
         except RpcError as e:
@@ -374,6 +376,10 @@ class WorkerServer(Server):
             log.exception("RPC %s failed", req.get("m"))
             out = {"e": [INTERNAL_ERROR, f"Internal error: {type(e).__name__}: {e}", None]}
         self.mesh.send(peer, _ID.pack(REPLY, cid) + json.dumps(out, ensure_ascii=False, default=str).encode())
+
+    def etag_owner(self, etag: Any) -> list[str] | None:
+        pub = self.core.engine.etags.get(etag) if isinstance(etag, str) else None
+        return [pub.pres_uri, pub.event] if pub is not None else None
 
     async def gather(self, method: str, params: Any, local: Callable[[], Any]) -> list[Any]:
         """Results of `method` from every worker (this one's from `local()`), in worker order."""
@@ -472,6 +478,8 @@ class WorkerRpc(RpcService):
         if name in self.methods:
             self._bind(self.methods[name], params)  # bad parameters: the same error, from here
         if name in self.BY_PRESENTITY:
+            if name == "presence.refreshWatchers":
+                await self._etag_free(params)
             owner = self._owner(params, *self.BY_PRESENTITY[name])
             if owner is not None and owner != server.index:
                 return await server.call_worker(owner, name, params)
@@ -495,9 +503,34 @@ class WorkerRpc(RpcService):
             return (await server.gather(name, params, lambda: local(name, params)))[0]
         return await local(name, params)
 
+    @staticmethod
+    def _param(params: Any, name: str, pos: int) -> Any:
+        if isinstance(params, dict):
+            return params.get(name)
+        return params[pos] if isinstance(params, list) and len(params) > pos else None
+
+    async def _etag_free(self, params: Any) -> None:
+        """refreshWatchers type 2 takes an ETag (`filename`) the caller chooses: as
+        in one process it must not be another presentity's, in whichever worker."""
+        etag = self._param(params, "filename", 4)
+        uri = self._param(params, "uri", 0)
+        if not isinstance(etag, str) or not isinstance(uri, str):
+            return
+        server: WorkerServer = self.server
+
+        async def mine() -> Any:
+            return server.etag_owner(etag)
+
+        try:
+            key = self.engine.presentity_key(uri.strip())
+        except Exception:
+            return
+        for held in await server.gather("etag.lookup", [etag], mine):
+            if held is not None and held[0] != key:
+                raise RpcError(FAULT, f"ETag {etag!r} belongs to another publication ({held[0]}, {held[1]})")
+
     def _owner(self, params: Any, name: str, pos: int) -> int | None:
-        uri = params.get(name) if isinstance(params, dict) else (
-            params[pos] if isinstance(params, list) and len(params) > pos else None)
+        uri = self._param(params, name, pos)
         if not isinstance(uri, str):
             return None
         try:
@@ -508,8 +541,7 @@ class WorkerRpc(RpcService):
     async def _subscription_show(self, params: Any) -> Any:
         server: WorkerServer = self.server
         name = "presence.subscription_show"
-        tag = params.get("to_tag") if isinstance(params, dict) else (
-            params[1] if isinstance(params, list) and len(params) > 1 else None)
+        tag = self._param(params, "to_tag", 1)
         if isinstance(tag, str):
             owner = server.partition.classify(b"SUBSCRIBE x SIP/2.0\r\nTo: <x>;tag=" + tag.encode() + b"\r\n\r\n")
             if owner != server.index:
