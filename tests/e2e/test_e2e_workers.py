@@ -46,6 +46,16 @@ def workers_of(srv: Server) -> list[int]:
         return [int(p) for p in f.read().split()]
 
 
+def ready(srv: Server, timeout: float = 20.0) -> Server:
+    """Wait until every worker listens (OPTIONS is answered as soon as one does)."""
+    deadline = time.monotonic() + timeout
+    while "workers ready" not in srv.output():
+        assert time.monotonic() < deadline, srv.output()
+        assert srv.alive(), srv.output()
+        time.sleep(0.05)
+    return srv
+
+
 def owner(tag: str) -> int:
     assert tag.startswith("h") and tag[5] == ".", tag
     return int(tag[1:5], 16) % 2
@@ -54,7 +64,7 @@ def owner(tag: str) -> int:
 @pytest.fixture(scope="module")
 def two():
     http = _http_port()
-    srv = Server(*FORCE, "--workers", "2", "--http", f"127.0.0.1:{http}").start()
+    srv = ready(Server(*FORCE, "--workers", "2", "--http", f"127.0.0.1:{http}").start())
     srv.http = http
     yield srv
     srv.stop()
@@ -126,7 +136,7 @@ def test_rpc_lists_both_workers(two):
 
 
 def test_killed_worker_is_restarted(spawn):
-    srv = spawn(*FORCE, "--workers", "2")
+    srv = ready(spawn(*FORCE, "--workers", "2"))
     pids = workers_of(srv)
     assert len(pids) == 2
     os.kill(pids[1], signal.SIGKILL)
@@ -139,12 +149,20 @@ def test_killed_worker_is_restarted(spawn):
     else:
         pytest.fail("worker not restarted:\n" + srv.output())
     assert "worker 1 died (killed by SIGKILL); restarting it" in srv.output()
+    deadline = time.monotonic() + 10
+    while srv.output().count("listening on") < 3:  # the new worker listens
+        assert time.monotonic() < deadline, srv.output()
+        time.sleep(0.05)
     ph = Phone(srv.port)
-    time.sleep(0.5)  # let the new worker listen
     for _ in range(8):  # presentities of both workers are answered again
         p = aor(uid("pk"))
         assert ph.publish(p, pidf(p)).status == 200
     ph.close()
+    srv.proc.send_signal(signal.SIGHUP)  # forwarded: every worker reloads
+    deadline = time.monotonic() + 5
+    while srv.output().count("SIGHUP: reloaded") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert srv.output().count("SIGHUP: reloaded") == 2
     pids = workers_of(srv)
     srv.sigterm()
     assert srv.proc.wait(15) == 0
@@ -165,7 +183,7 @@ def test_bad_worker_count_is_refused():
 def test_sqlite_write_through_restart_with_other_worker_count(tmp_path):
     db = f"sqlite://{tmp_path}/workers.db"
     port = free_port()
-    first = Server(*FORCE, "--workers", "2", "--db-url", db, port=port).start()
+    first = ready(Server(*FORCE, "--workers", "2", "--db-url", db, port=port).start())
     ph = Phone(port)
     try:
         names = [aor(uid("pdb")) for _ in range(20)]
@@ -177,7 +195,7 @@ def test_sqlite_write_through_restart_with_other_worker_count(tmp_path):
             ph.expect_notify(d)
             dialogs.append(d)
         assert first.stop() == 0
-        second = Server(*FORCE, "--workers", "3", "--db-url", db, port=port).start()
+        second = ready(Server(*FORCE, "--workers", "3", "--db-url", db, port=port).start())
         try:
             # every dialog is refreshed at its new owner (the tag carries the presentity's hash)
             for d in dialogs:
@@ -188,3 +206,15 @@ def test_sqlite_write_through_restart_with_other_worker_count(tmp_path):
             second.stop()
     finally:
         ph.close()
+
+
+def test_a_worker_failing_at_start_up_stops_the_server(tmp_path):
+    import subprocess
+    import sys
+
+    port = free_port()
+    r = subprocess.run([sys.executable, "-m", "presenced", "serve", "--workers", "2",
+                        "--listen", f"udp:127.0.0.1:{port}", "--db-url", f"sqlite://{tmp_path}/no/such/dir/x.db"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert "failed at start-up" in r.stderr and "storage" in r.stderr

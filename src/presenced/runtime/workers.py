@@ -23,6 +23,7 @@ and a full one queues here):
     CLOSED  connection id       (a connection that forwarded to you closed)
     RPC     call id, JSON {"m": method, "p": params}
     REPLY   call id, JSON {"r": result} or {"e": [code, message, data]}
+    HELLO   0                   (a worker (re)started: its old connections are gone)
 
 The HTTP management API runs in worker 0 (`WorkerRpc`): per-presentity
 methods go to the owner, lists and counters are gathered from every worker.
@@ -55,13 +56,14 @@ from presenced.transport.udp import udp_socket
 
 log = logging.getLogger("presenced.workers")
 
-MSG, SEND, FAILED, CLOSED, RPC, REPLY = range(1, 7)
+MSG, SEND, FAILED, CLOSED, RPC, REPLY, HELLO = range(1, 8)
 _MSG = struct.Struct("!BBBHHIBB")   # kind, transport, listener, src port, local port, conn id, len(src), len(local)
 _SEND = struct.Struct("!BIQ")       # kind, conn id, request id
 _ID = struct.Struct("!BQ")          # kind, id (FAILED, CLOSED, RPC, REPLY)
 _TCODE = {name: i for i, name in enumerate(PROTOCOLS)}
 MAX_FRAME = 512 * 1024              # > 16 KiB headers + 256 KiB body + frame header
 LINK_BUFFER = 4 * 1024 * 1024
+MAX_QUEUED = 20000                  # frames held for a worker that does not read (dead, restarting)
 RPC_TIMEOUT = 10.0
 START_TIMEOUT = 120.0               # restoring a large database takes a while
 STOP_TIMEOUT = 15.0
@@ -110,6 +112,9 @@ class Mesh:
     def send(self, peer: int, frame: bytes) -> bool:
         q = self._queues.get(peer)
         if q is not None:
+            if len(q) >= MAX_QUEUED:
+                self.dropped += 1
+                return False
             q.append(frame)
             return True
         s = self.socks.get(peer)
@@ -181,7 +186,9 @@ class WorkerServer(Server):
         self._conn_ids: dict[TcpConnection, int] = {}
         self._conns: dict[int, TcpConnection] = {}
         self._conn_peers: dict[int, set[int]] = {}
-        self._next_cid = 0
+        # Connection ids start at a random point: ids a dead predecessor handed out
+        # are not reused (its peers also drop them on our HELLO).
+        self._next_cid = int.from_bytes(os.urandom(4), "big")
         self._remote: dict[tuple[int, int], RemoteConn] = {}
         self._udp_sources: dict[tuple[str, int, int], Address] = {}
         self._pending_ct: dict[int, ClientTransaction] = {}
@@ -213,6 +220,8 @@ class WorkerServer(Server):
     async def start(self) -> None:
         assert self.workers > 1
         self.mesh.start(asyncio.get_running_loop())
+        for peer in self.mesh.socks:
+            self.mesh.send(peer, _ID.pack(HELLO, 0))
         await super().start()
         if self.http is None:
             self.metrics.attach()  # worker 0's HttpApi attaches its own
@@ -289,6 +298,9 @@ class WorkerServer(Server):
                     rc.closed = True
             elif kind == RPC:
                 self._spawn(self._serve_rpc(peer, _ID.unpack_from(frame)[1], frame[_ID.size:]))
+            elif kind == HELLO:
+                for key in [k for k in self._remote if k[0] == peer]:
+                    self._remote.pop(key).closed = True
             elif kind == REPLY:
                 fut = self._calls.pop(_ID.unpack_from(frame)[1], None)
                 if fut is not None and not fut.done():
@@ -625,8 +637,9 @@ class Supervisor:
             code = 1
             try:
                 os.close(r)
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the event loop handles it
                 for other, links in self.links.items():
                     if other != index:
                         for s in links.values():
