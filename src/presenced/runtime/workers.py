@@ -640,6 +640,7 @@ class Supervisor:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the event loop handles it
+                _stop_with_parent()
                 for other, links in self.links.items():
                     if other != index:
                         for s in links.values():
@@ -768,6 +769,16 @@ class Supervisor:
     def _error(msg: str) -> None:
         log.error("%s", msg)
         print(f"presenced: {msg}", file=sys.stderr, flush=True)
+
+
+def _stop_with_parent() -> None:
+    """Linux: a worker gets SIGTERM when the supervisor dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _status(status: int) -> str:
