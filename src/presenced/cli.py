@@ -96,7 +96,8 @@ def _serve_workers(cfg, setup) -> int:
     """`serve` with core.workers > 1: check what one worker would refuse, bind,
     then supervise the worker processes (runtime/workers.py)."""
     from presenced.runtime.server import Server
-    from presenced.runtime.workers import Supervisor, WorkerServer
+    from presenced.runtime.supervisor import Supervisor
+    from presenced.runtime.workers import WorkerServer
 
     addresses = list(cfg.listen.addresses)
     try:

@@ -1,10 +1,9 @@
 """Several worker processes (`serve --workers N`, `core.workers`).
 
 One process saturates one core. With N > 1 the `serve` process becomes a
-supervisor: it binds every listening socket once, creates one Unix datagram
-socketpair per pair of workers, forks N workers (each builds its own event
-loop after the fork) and then only forwards signals and restarts workers that
-die.
+supervisor (runtime/supervisor.py): it binds every listening socket once,
+creates one Unix datagram socketpair per pair of workers and forks N
+workers, each running a `WorkerServer` from this module.
 
 Every presentity belongs to one worker (`core/partition.py`). All workers read
 the shared sockets; a worker that reads a message another one owns forwards it
@@ -25,34 +24,27 @@ and a full one queues here):
     REPLY   call id, JSON {"r": result} or {"e": [code, message, data]}
     HELLO   0                   (a worker (re)started: its old connections are gone)
 
-The HTTP management API runs in worker 0 (`WorkerRpc`): per-presentity
+The HTTP management API runs in worker 0 (api/gather.py): per-presentity
 methods go to the owner, lists and counters are gathered from every worker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import logging
 import os
-import re
-import resource
-import select
-import signal
 import socket
 import struct
-import sys
-import time
 from typing import Any, Callable
 
-from presenced.api.rpc import FAULT, INTERNAL_ERROR, RpcError, RpcService
-from presenced.core.partition import Partitioner, branch_mark, owner_of
+from presenced.api.gather import WorkerRpc, merge_metrics
+from presenced.api.rpc import INTERNAL_ERROR, RpcError, RpcService
+from presenced.core.partition import Partitioner, branch_mark
 from presenced.runtime.server import PROTOCOLS, Server
 from presenced.sip import tokens
 from presenced.transaction.layer import Address, ClientTransaction
 from presenced.transport.tcp import TcpConnection
-from presenced.transport.udp import udp_socket
 
 log = logging.getLogger("presenced.workers")
 
@@ -65,10 +57,6 @@ MAX_FRAME = 512 * 1024              # > 16 KiB headers + 256 KiB body + frame he
 LINK_BUFFER = 4 * 1024 * 1024
 MAX_QUEUED = 20000                  # frames held for a worker that does not read (dead, restarting)
 RPC_TIMEOUT = 10.0
-START_TIMEOUT = 120.0               # restoring a large database takes a while
-STOP_TIMEOUT = 15.0
-MAX_RESTARTS = 5                    # per worker within RESTART_WINDOW, then the supervisor gives up
-RESTART_WINDOW = 60.0
 
 
 # ------------------------------------------------------------------- links
@@ -407,410 +395,3 @@ class WorkerServer(Server):
             return self.metrics.render()
 
         return merge_metrics(await self.gather("metrics.render", None, mine))
-
-
-def _sum(a: Any, b: Any, key: str = "") -> Any:
-    """Counters of two workers added up (dicts by key); `healthy` holds when
-    it holds in both, the uptime is the longest, other non-numbers: the first set."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = dict(a)
-        for k, v in b.items():
-            out[k] = _sum(out[k], v, k) if k in out else v
-        return out
-    if isinstance(a, bool) or isinstance(b, bool):
-        return (bool(a) and bool(b)) if key == "healthy" else (bool(a) or bool(b))
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return max(a, b) if key == "uptime_seconds" else a + b
-    return b if a is None else a
-
-
-# Gauges that are per process, not additive: the smallest value wins.
-_MIN_SERIES = ("presenced_up", "presenced_storage_healthy", "presenced_start_time_seconds")
-_FIRST_SERIES = ("presenced_build_info",)
-_SAMPLE = re.compile(r"^([A-Za-z_:][\w:]*)(\{.*\})? (\S+)$")
-
-
-def merge_metrics(texts: list[str]) -> str:
-    """Prometheus texts of every worker as one: samples with the same name and
-    labels are added up (per-process gauges take the minimum), each family's
-    samples stay together under its HELP/TYPE lines."""
-    families: dict[str, tuple[list[str], dict[str, float]]] = {}
-    order: list[str] = []
-    for text in texts:
-        current = None
-        for line in text.splitlines():
-            if line.startswith("# HELP ") or line.startswith("# TYPE "):
-                name = line.split(" ", 3)[2]
-                if name not in families:
-                    families[name] = ([], {})
-                    order.append(name)
-                if current != name:
-                    current = name
-                    if families[name][0] and len(families[name][0]) >= 2:
-                        continue
-                if len(families[name][0]) < 2:
-                    families[name][0].append(line)
-                continue
-            m = _SAMPLE.match(line)
-            if m is None or current is None:
-                continue
-            series, value = m.group(1) + (m.group(2) or ""), float(m.group(3))
-            samples = families[current][1]
-            if series not in samples:
-                samples[series] = value
-            elif m.group(1) in _MIN_SERIES:
-                samples[series] = min(samples[series], value)
-            elif m.group(1) not in _FIRST_SERIES:
-                samples[series] += value
-    out: list[str] = []
-    for name in order:
-        head, samples = families[name]
-        out.extend(head)
-        for series, v in samples.items():
-            out.append(f"{series} {int(v) if v.is_integer() and abs(v) < 2**53 else repr(v)}")
-    return "\n".join(out) + "\n"
-
-
-class WorkerRpc(RpcService):
-    """Worker 0's RPC: the same methods and answers as one process.
-
-    Per-presentity methods run in the owner; lists are concatenated and
-    counters added up over every worker; presence.cleanup and
-    publish_cache_sync run in each; the rest is answered here."""
-
-    BY_PRESENTITY = {"presence.refreshWatchers": ("uri", 0), "presence.updateWatchers": ("uri", 0),
-                     "presence.watcher_list": ("presentity_uri", 1)}
-    CONCAT = ("presence.presentity_list", "presence.presentity_show")
-    SUM = ("presence.counters", "core.stats")
-    EVERYWHERE = ("presence.cleanup", "presence.publish_cache_sync")
-
-    async def call(self, name: str, params: Any = None) -> Any:
-        server: WorkerServer = self.server
-        local = super().call
-        if name in self.methods:
-            self._bind(self.methods[name], params)  # bad parameters: the same error, from here
-        if name in self.BY_PRESENTITY:
-            if name == "presence.refreshWatchers":
-                await self._etag_free(params)
-            owner = self._owner(params, *self.BY_PRESENTITY[name])
-            if owner is not None and owner != server.index:
-                return await server.call_worker(owner, name, params)
-            return await local(name, params)
-        if name == "presence.subscription_show":
-            return await self._subscription_show(params)
-        if name in self.CONCAT:
-            if self._db_only("publications"):
-                return await local(name, params)  # read from the shared database: once is all
-            rows = [row for part in await server.gather(name, params, lambda: local(name, params)) for row in part]
-            # each worker's rows come sorted by presentity; keep one process's order
-            rows.sort(key=lambda r: (f"{r.get('user')}@{r.get('domain')}", r.get("event")))
-            return rows
-        if name in self.SUM:
-            parts = await server.gather(name, params, lambda: local(name, params))
-            total = parts[0]
-            for p in parts[1:]:
-                total = _sum(total, p)
-            return total
-        if name in self.EVERYWHERE:
-            return (await server.gather(name, params, lambda: local(name, params)))[0]
-        return await local(name, params)
-
-    @staticmethod
-    def _param(params: Any, name: str, pos: int) -> Any:
-        if isinstance(params, dict):
-            return params.get(name)
-        return params[pos] if isinstance(params, list) and len(params) > pos else None
-
-    async def _etag_free(self, params: Any) -> None:
-        """refreshWatchers type 2 takes an ETag (`filename`) the caller chooses: as
-        in one process it must not be another presentity's, in whichever worker."""
-        etag = self._param(params, "filename", 4)
-        uri = self._param(params, "uri", 0)
-        if not isinstance(etag, str) or not isinstance(uri, str):
-            return
-        server: WorkerServer = self.server
-
-        async def mine() -> Any:
-            return server.etag_owner(etag)
-
-        try:
-            key = self.engine.presentity_key(uri.strip())
-        except Exception:
-            return
-        for held in await server.gather("etag.lookup", [etag], mine):
-            if held is not None and held[0] != key:
-                raise RpcError(FAULT, f"ETag {etag!r} belongs to another publication ({held[0]}, {held[1]})")
-
-    def _owner(self, params: Any, name: str, pos: int) -> int | None:
-        uri = self._param(params, name, pos)
-        if not isinstance(uri, str):
-            return None
-        try:
-            return owner_of(self.engine.presentity_key(uri.strip()), self.server.workers)
-        except Exception:
-            return None  # answered (with the error) here
-
-    async def _subscription_show(self, params: Any) -> Any:
-        server: WorkerServer = self.server
-        name = "presence.subscription_show"
-        tag = self._param(params, "to_tag", 1)
-        if isinstance(tag, str):
-            owner = server.partition.classify(b"SUBSCRIBE x SIP/2.0\r\nTo: <x>;tag=" + tag.encode() + b"\r\n\r\n")
-            if owner != server.index:
-                return await server.call_worker(owner, name, params)
-        try:
-            return await super().call(name, params)
-        except RpcError as first:
-            for i in range(server.workers):  # a tag made by one process: ask everyone
-                if i == server.index:
-                    continue
-                try:
-                    return await server.call_worker(i, name, params)
-                except RpcError:
-                    pass
-            raise first
-
-
-# -------------------------------------------------------------- supervisor
-class Supervisor:
-    """The `serve` process when workers > 1: binds, forks, watches, forwards signals."""
-
-    def __init__(self, cfg: Any, listen: list[str], workers: int,
-                 build: Callable[[int, list, dict[int, socket.socket], int], WorkerServer]) -> None:
-        self.cfg = cfg
-        self.listen = listen
-        self.workers = workers
-        self.build = build
-        self.sockets: list[socket.socket] = []
-        self.links: dict[int, dict[int, socket.socket]] = {i: {} for i in range(workers)}
-        self.pids: dict[int, int] = {}          # worker index -> pid
-        self.ready: dict[int, int] = {}         # start-up: read end of each worker's ready pipe
-        self.restarts: dict[int, list[float]] = {i: [] for i in range(workers)}
-        self._signals: list[int] = []
-
-    def bind(self) -> None:
-        """Every listening socket, once, before any worker exists (port 0 is
-        resolved here, so all workers share the same port)."""
-        from presenced.runtime.server import parse_listen
-
-        for spec in self.listen:
-            proto, host, port = parse_listen(spec)
-            if proto == "udp":
-                self.sockets.append(udp_socket(host, port))
-                continue
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            s = socket.socket(family, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                s.bind((host, port))
-                s.listen(1024)
-            except OSError:
-                s.close()
-                raise
-            self.sockets.append(s)
-        need = self.workers * self.workers + 64
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != resource.RLIM_INFINITY and soft < need + 1024:
-            try:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, need + 1024) if hard != resource.RLIM_INFINITY
-                                                            else need + 1024, hard))
-            except (ValueError, OSError):
-                pass
-        for i in range(self.workers):
-            for j in range(i + 1, self.workers):
-                a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-                for s in (a, b):
-                    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-                        try:
-                            s.setsockopt(socket.SOL_SOCKET, opt, LINK_BUFFER)
-                        except OSError:
-                            pass
-                self.links[i][j] = a
-                self.links[j][i] = b
-
-    def _spawn(self, index: int) -> int:
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the worker
-            code = 1
-            try:
-                os.close(r)
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-                    signal.signal(sig, signal.SIG_DFL)
-                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the event loop handles it
-                _stop_with_parent()
-                for other, links in self.links.items():
-                    if other != index:
-                        for s in links.values():
-                            s.close()
-                for fd in self.ready.values():
-                    os.close(fd)
-                code = run_worker(self.build(index, self.sockets, self.links[index], w), index)
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-            except BaseException:
-                log.exception("worker %d crashed", index)
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        os.close(w)
-        self.pids[index] = pid
-        return r
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self._signals.append(signum)
-
-    def run(self) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(sig, self._on_signal)
-        for i in range(self.workers):
-            self.ready[i] = self._spawn(i)
-        log.info("supervisor %d: started %d workers (pids %s)", os.getpid(), self.workers,
-                 ", ".join(str(self.pids[i]) for i in range(self.workers)))
-        code = self._start_up()
-        if code is not None:
-            return code
-        log.info("all %d workers ready", self.workers)
-        return self._watch()
-
-    def _start_up(self) -> int | None:
-        """Wait for every worker to say it listens; one that exits first fails the start."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while self.ready:
-            if self._stop_requested():
-                return self._stop_all(0)
-            for index, status in self._reaped():
-                self._error(f"worker {index} failed at start-up ({_status(status)})")
-                return self._stop_all(2)
-            if time.monotonic() > deadline:
-                self._error(f"workers {sorted(self.ready)} did not start within {START_TIMEOUT:g} s")
-                return self._stop_all(2)
-            fds = list(self.ready.values())
-            readable, _, _ = select.select(fds, [], [], 0.1)
-            for index, fd in list(self.ready.items()):
-                if fd in readable:
-                    if os.read(fd, 1) == b"1":
-                        os.close(fd)
-                        del self.ready[index]
-        return None
-
-    def _watch(self) -> int:
-        while True:
-            if self._stop_requested():
-                return self._stop_all(0)
-            for index, status in self._reaped():
-                now = time.monotonic()
-                recent = [t for t in self.restarts[index] if now - t < RESTART_WINDOW]
-                if len(recent) >= MAX_RESTARTS:
-                    self._error(f"worker {index} died {len(recent) + 1} times within {RESTART_WINDOW:g} s "
-                                f"({_status(status)}); stopping")
-                    return self._stop_all(1)
-                recent.append(now)
-                self.restarts[index] = recent
-                log.error("worker %d died (%s); restarting it", index, _status(status))
-                os.close(self._spawn(index))
-            time.sleep(0.1)
-
-    def _stop_requested(self) -> bool:
-        while self._signals:
-            sig = self._signals.pop(0)
-            if sig == signal.SIGCHLD:
-                continue
-            self._kill(sig)
-            if sig != signal.SIGHUP:
-                return True
-        return False
-
-    def _reaped(self) -> list[tuple[int, int]]:
-        out = []
-        while self.pids:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            for index, p in list(self.pids.items()):
-                if p == pid:
-                    del self.pids[index]
-                    fd = self.ready.pop(index, None)
-                    if fd is not None:
-                        os.close(fd)
-                    out.append((index, status))
-        return out
-
-    def _kill(self, sig: int) -> None:
-        for pid in self.pids.values():
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def _stop_all(self, code: int) -> int:
-        self._kill(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while self.pids and time.monotonic() < deadline:
-            for index, status in self._reaped():
-                if code == 0 and not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
-                    log.warning("worker %d stopped with %s", index, _status(status))
-            time.sleep(0.05)
-        if self.pids:
-            log.error("workers %s did not stop within %g s: killed", sorted(self.pids), STOP_TIMEOUT)
-            self._kill(signal.SIGKILL)
-            while self.pids:
-                self._reaped()
-                time.sleep(0.05)
-        return code
-
-    @staticmethod
-    def _error(msg: str) -> None:
-        log.error("%s", msg)
-        print(f"presenced: {msg}", file=sys.stderr, flush=True)
-
-
-def _stop_with_parent() -> None:
-    """Linux: a worker gets SIGTERM when the supervisor dies (even by SIGKILL)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            return f"killed by {signal.Signals(sig).name}"
-        except ValueError:
-            return f"killed by signal {sig}"
-    return f"exit status {os.WEXITSTATUS(status)}"
-
-
-def run_worker(server: WorkerServer, index: int) -> int:
-    """The worker process's main: its own event loop, created after the fork."""
-    from presenced.runtime.server import install_uvloop
-    from presenced.storage.base import StoreError
-
-    import presenced.logsetup
-
-    presenced.logsetup.WORKER = index
-    install_uvloop()
-    try:
-        asyncio.run(server.serve_forever())
-    except StoreError as e:
-        print(f"presenced: worker {index}: storage: {e}", file=sys.stderr, flush=True)
-        return 2
-    except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            print(f"presenced: worker {index}: cannot listen: {e}", file=sys.stderr, flush=True)
-        else:
-            print(f"presenced: worker {index}: {e}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        pass
-    return 0
