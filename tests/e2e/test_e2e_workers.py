@@ -218,3 +218,25 @@ def test_a_worker_failing_at_start_up_stops_the_server(tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2, r.stderr
     assert "failed at start-up" in r.stderr and "storage" in r.stderr
+
+
+def test_db_only_mode_with_two_workers(tmp_path):
+    """subs_db_mode=3 / publ_cache=0 (state reloaded from the database per request) still partitions."""
+    srv = ready(Server(*FORCE, "--workers", "2", "--db-url", f"sqlite://{tmp_path}/dbonly.db",
+                       "--set", "presence.subs_db_mode=3", "--set", "presence.publ_cache=0").start())
+    ph = Phone(srv.port)
+    try:
+        for i in range(6):
+            p = aor(uid("pq"))
+            assert ph.publish(p, pidf(p, tuple_id=f"t{i}")).status == 200
+            r, d = ph.subscribe(p, expires=60)
+            assert r.status == 200
+            assert tuple_ids(ph.expect_notify(d).body) == [f"t{i}"]
+            assert ph.publish(p, pidf(p, tuple_id=f"n{i}")).status == 200
+            assert f"n{i}" in tuple_ids(ph.expect_notify(d).body)
+            r, _ = ph.subscribe(p, expires=0, dialog=d)
+            assert r.status == 200
+            assert sub_state(ph.expect_notify(d)).startswith("terminated")
+    finally:
+        ph.close()
+        srv.stop()
