@@ -183,7 +183,6 @@ class WorkerServer(Server):
         self._next_req = 0
         self._calls: dict[int, asyncio.Future] = {}
         self._next_call = 0
-        self.forward_counts = [0] * workers
         from presenced.metrics import Metrics
 
         if index == 0 and self.http is not None:
@@ -243,7 +242,6 @@ class WorkerServer(Server):
         else:
             listener, cid = 0, self._cid(conn, owner)
         shost, lhost = source.host.encode(), local[0].encode()
-        self.forward_counts[owner] += 1
         self.mesh.send(owner, _MSG.pack(MSG, _TCODE[t], listener, source.port, local[1], cid, len(shost), len(lhost))
                        + shost + lhost + data)
 
