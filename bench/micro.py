@@ -10,6 +10,9 @@ Times, in-process and without sockets:
   validate PIDF         validate_pidf on scenario A's body (hardened lxml parse)
   validate summary      validate_message_summary on scenario E's body
   build_response        presenced.sip.build_response (200 + SIP-ETag/Expires)
+  partition             core/partition.py classify (several workers): PUBLISH, initial
+                        SUBSCRIBE (R-URI, cached), in-dialog SUBSCRIBE (To-tag), NOTIFY 200
+                        (Via branch), one each per operation / 4
   core OPTIONS          SipCore.receive(OPTIONS) incl. the 200
   core PUBLISH initial  SipCore.receive(PUBLISH, no If-Match) -> 200 + SIP-ETag
   core PUBLISH refresh  SipCore.receive(PUBLISH, SIP-If-Match, no body) -> 200
@@ -274,6 +277,26 @@ def bench_parse_response(n: int):
         r.top_via.branch, r.cseq.method  # noqa: B018 - what the client transaction match reads
 
 
+def bench_partition(n: int):
+    from presenced.core.partition import Partitioner
+
+    core = _core()
+    p = Partitioner(2, 0, core.engine.presentity_key)
+    tag = p.dialog_tag("sip:user1@127.0.0.1")
+    msgs = [
+        publish(1, "user1"), subscribe(1, "user1"),
+        subscribe(2, "user1").replace(b"To: <sip:user1@127.0.0.1>", b"To: <sip:user1@127.0.0.1>;tag=" + tag.encode()),
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKw1.0123456789abcdef;rport=5060\r\n"
+        b"From: <sip:user1@127.0.0.1>;tag=" + tag.encode() + b"\r\nTo: <sip:m1@127.0.0.1>;tag=1ms\r\n"
+        b"Call-ID: 1-mwi@127.0.0.1\r\nCSeq: 1 NOTIFY\r\nContent-Length: 0\r\n\r\n",
+    ]
+    classify = p.classify
+    assert classify(msgs[3]) == 1
+    for _ in range(n // 4):
+        for m in msgs:
+            classify(m)
+
+
 def _core():
     return SipCore(make_cfg())
 
@@ -368,6 +391,7 @@ BENCHES = [
     ("validate PIDF", bench_validate_pidf, 20_000),
     ("validate summary", bench_validate_summary, 20_000),
     ("build_response", bench_build_response, 20_000),
+    ("partition", bench_partition, 40_000),
     ("core OPTIONS", bench_core("options"), 5_000),
     ("core PUBLISH initial", bench_core("publish"), 5_000),
     ("core PUBLISH refresh", bench_core("refresh"), 5_000),

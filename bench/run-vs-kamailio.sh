@@ -15,6 +15,9 @@
 #                           write-back (subs_db_mode=2, publ_cache=1,
 #                           db_update_period=10, as Kamailio's config); both:
 #                           one harness run each (default memory)
+#   BENCH_WORKERS=N         presenced --workers N (default 1, the server's own
+#                           default: least CPU per unit; 2 uses both cores
+#                           for the highest maximum rate)
 #   BENCH_EXTRA_ARGS="..."  extra run.py options (word-split)
 #   PRESENCED_BENCH_HARNESS path to the harness (default ../shared/bench
 #                           relative to the repo root)
@@ -33,6 +36,7 @@ case "$MODE" in quick|full) ;; *) echo "BENCH_MODE must be quick or full (got '$
 if [ "$MODE" = full ]; then REPEAT="${BENCH_REPEAT:-3}"; else REPEAT="${BENCH_REPEAT:-1}"; fi
 SCENARIOS="${BENCH_SCENARIOS:-A,B,C,D,E}"
 CHILDREN="${BENCH_CHILDREN:-8}"
+WORKERS="${BENCH_WORKERS:-1}"
 VENV="${VENV:-$ROOT/.venv}"
 VENV="$(cd "$VENV" && pwd)"
 PRESENCED="$VENV/bin/presenced"
@@ -79,7 +83,7 @@ fi
 
 STAMP="$(date +%Y%m%d-%H%M%S)"
 STORAGE="${BENCH_STORAGE:-memory}"
-BASE_CMD="$PRESENCED serve --listen udp:{host}:{port} --listen tcp:{host}:{port} --set presence_xml.force_active=1 --log-level warning"
+BASE_CMD="$PRESENCED serve --listen udp:{host}:{port} --listen tcp:{host}:{port} --set presence_xml.force_active=1 --log-level warning --workers $WORKERS"
 # shellcheck disable=SC2206
 EXTRA=(${BENCH_EXTRA_ARGS:-})
 
@@ -89,7 +93,7 @@ run_one() {
     local label="$1" kam="$2" cmd="$3"
     local rundir="$ROOT/bench/runs/$STAMP-$MODE$label" resdir="$ROOT/bench/results/$STAMP-$MODE$label"
     mkdir -p "$rundir" "$resdir"
-    echo "== harness $HARNESS, mode $MODE, repeat $REPEAT, scenarios $SCENARIOS, $kam vs presenced, raw logs in $rundir"
+    echo "== harness $HARNESS, mode $MODE, repeat $REPEAT, scenarios $SCENARIOS, $kam vs presenced --workers $WORKERS, raw logs in $rundir"
     set +e
     python3 "$HARNESS/run.py" --mode "$MODE" --repeat "$REPEAT" --scenarios "$SCENARIOS" \
         --servers "$kam,ours" --children "$CHILDREN" --baseline "$kam/c${CHILDREN%%,*}" \
@@ -103,7 +107,7 @@ run_one() {
     done
     if [ -f "$resdir/results.md" ]; then
         {
-            echo "<!-- bench/run-vs-kamailio.sh, mode $MODE, storage $kam, repeat $REPEAT, $STAMP; raw logs: bench/runs/$STAMP-$MODE$label/ -->"
+            echo "<!-- bench/run-vs-kamailio.sh, mode $MODE, storage $kam, presenced --workers $WORKERS, repeat $REPEAT, $STAMP; raw logs: bench/runs/$STAMP-$MODE$label/ -->"
             echo "Results directory: bench/results/$STAMP-$MODE$label/"
             echo
             cat "$resdir/results.md"

@@ -621,3 +621,18 @@ def test_websocket_path_and_origins_are_checked():
         with pytest.raises(ConfigError) as e:
             load_config(None, [bad])
         assert e.value.key == bad.split("=")[0]
+
+
+def test_workers_and_kamailio_children_alias(tmp_path):
+    assert load_config(None).core.workers == 1
+    path = write(tmp_path, "[core]\nchildren = 4\n")
+    c = load_config(path)
+    assert c.core.workers == 4 and c.origins["core.workers"] == f"{path}:2 (via core.children)"
+    c = load_config(path, [], {"core.workers": 2})  # --workers beats the file
+    assert c.core.workers == 2 and c.sources["core.workers"] == "cli"
+    both = write(tmp_path, "[core]\nworkers = 2\nchildren = 8\n", "both.toml")
+    c = load_config(both)
+    assert c.core.workers == 2 and "core.children is overridden by core.workers" in c.warnings[0]
+    for bad in ("core.workers=0", "core.workers=65", "core.children=65"):
+        msg = error(None, [bad])
+        assert bad.split("=")[0] in msg and "out of range" in msg

@@ -20,11 +20,11 @@ def _fail(msg: str) -> None:
     sys.exit(2)
 
 
-def _load(config_file, listen, db_url, sets, log_level, http_listen=None):
+def _load(config_file, listen, db_url, sets, log_level, http_listen=None, workers=None):
     from presenced.config import ConfigError
 
     try:
-        return _reload(config_file, listen, db_url, sets, log_level, http_listen)
+        return _reload(config_file, listen, db_url, sets, log_level, http_listen, workers)
     except ConfigError as e:
         _fail(str(e))
 
@@ -43,9 +43,10 @@ def main() -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 @click.option("--route", "route_spec", metavar="MODULE:FUNCTION", help="Python routing hook called for each request.")
 @click.option("--http", "http_listen", metavar="HOST:PORT", help="Management API (JSON-RPC /RPC, /metrics, /health).")
-def serve(config_file, listen, db_url, sets, log_level, route_spec, http_listen) -> None:
+@click.option("--workers", type=int, metavar="N", help="Worker processes, 1..64 (core.workers; default 1).")
+def serve(config_file, listen, db_url, sets, log_level, route_spec, http_listen, workers) -> None:
     """Run the server in the foreground until SIGTERM/SIGINT."""
-    cfg = _load(config_file, listen, db_url, sets, log_level, http_listen)
+    cfg = _load(config_file, listen, db_url, sets, log_level, http_listen, workers)
     from presenced.logsetup import setup_logging
 
     setup_logging(str(cfg.log.level), str(getattr(cfg.log, "format", "console")))
@@ -54,10 +55,11 @@ def serve(config_file, listen, db_url, sets, log_level, route_spec, http_listen)
         log.warning("%s", w)
     from presenced.runtime.server import Server, install_uvloop
 
-    install_uvloop()
-    try:
-        server = Server(cfg, list(cfg.listen.addresses))
-        server.reload_config = lambda: _reload(config_file, listen, db_url, sets, log_level, http_listen)
+    def reload():
+        return _reload(config_file, listen, db_url, sets, log_level, http_listen, workers)
+
+    def setup(server):
+        server.reload_config = reload
         if route_spec:
             from presenced.api.presence import install_route, load_route
 
@@ -68,6 +70,13 @@ def serve(config_file, listen, db_url, sets, log_level, route_spec, http_listen)
             hook = getattr(sys.modules.get(route_spec.partition(":")[0]), "notify_reply", None)
             if callable(hook):
                 server.core.engine.notify_reply_hook = hook
+        return server
+
+    if cfg.core.workers > 1:
+        sys.exit(_serve_workers(cfg, setup))
+    install_uvloop()
+    try:
+        server = setup(Server(cfg, list(cfg.listen.addresses)))
     except ValueError as e:
         _fail(str(e))
     from presenced.storage.base import StoreError
@@ -83,11 +92,38 @@ def serve(config_file, listen, db_url, sets, log_level, route_spec, http_listen)
     sys.exit(0)
 
 
-def _reload(config_file, listen, db_url, sets, log_level, http_listen=None):
+def _serve_workers(cfg, setup) -> int:
+    """`serve` with core.workers > 1: check what one worker would refuse, bind,
+    then supervise the worker processes (runtime/workers.py)."""
+    from presenced.runtime.server import Server
+    from presenced.runtime.supervisor import Supervisor
+    from presenced.runtime.workers import WorkerServer
+
+    addresses = list(cfg.listen.addresses)
+    try:
+        setup(Server(cfg, addresses))  # configuration errors once, before any fork
+    except ValueError as e:
+        _fail(str(e))
+
+    def build(index, sockets, links, ready_fd):
+        return setup(WorkerServer(cfg, addresses, index=index, workers=cfg.core.workers, sockets=sockets,
+                                  links=links, ready_fd=ready_fd))
+
+    sup = Supervisor(cfg, addresses, cfg.core.workers, build)
+    try:
+        sup.bind()
+    except OSError as e:
+        _fail(f"cannot listen: {e}")
+    return sup.run()
+
+
+def _reload(config_file, listen, db_url, sets, log_level, http_listen=None, workers=None):
     """Load the configuration; raises ConfigError (SIGHUP must not exit a running server)."""
     from presenced.config import load_config
 
     overrides: dict[str, object] = {}
+    if workers is not None:
+        overrides["core.workers"] = workers
     if listen:
         overrides["listen.addresses"] = list(listen)
     if db_url:

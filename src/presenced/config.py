@@ -296,6 +296,17 @@ class ListenSection(_Section):
         "brackets; port 0 = any free port).", check=_check_listen)
 
 
+@dataclass(frozen=True)
+class CoreSection(_Section):
+    NAME: ClassVar[str] = "core"
+    TITLE: ClassVar[str] = "presenced: processes."
+    workers: int = _int(1, "Worker processes; presentities are split between them by a hash of "
+                           "their URI (1 = one process, no supervisor).", min=1, max=64)
+    children: int = _int(0, "Kamailio's core name for the number of workers; alias of "
+                            "core.workers (higher-precedence source wins, core.workers on a "
+                            'tie); 0 = not set.', min=0, max=64)
+
+
 def _check_ws_path(v: str, shown: Shown) -> str:
     s = v.strip()
     if s and (not s.startswith("/") or any(c in s for c in " \t?#")):
@@ -587,7 +598,7 @@ class PresenceReginfoSection(_Section):
 
 #: Section classes in display order (presenced's own first, then Kamailio's).
 SECTIONS: tuple[type[_Section], ...] = (
-    ListenSection, TlsSection, WebsocketSection, DbSection, HttpSection, AuthSection, RegistrarSection, LogSection,
+    ListenSection, CoreSection, TlsSection, WebsocketSection, DbSection, HttpSection, AuthSection, RegistrarSection, LogSection,
     PresenceSection, PresenceXmlSection, PresenceMwiSection, PresenceDialoginfoSection,
     PresenceReginfoSection,
 )
@@ -824,6 +835,7 @@ class Config:
     """
 
     listen: ListenSection = field(default_factory=ListenSection)
+    core: CoreSection = field(default_factory=CoreSection)
     tls: TlsSection = field(default_factory=TlsSection)
     websocket: WebsocketSection = field(default_factory=WebsocketSection)
     db: DbSection = field(default_factory=DbSection)
@@ -991,19 +1003,19 @@ def _apply_override(layers: _Layers, key: str, value: Any) -> None:
         layers.apply(p, lambda: _coerce(p, value, repr), "", "cli", "cli")
 
 
-def _resolve_db_alias(layers: _Layers, warnings: list[str]) -> None:
-    """Fold Kamailio's presence.db_url into db.url (see the module docstring)."""
-    alias, main = "presence.db_url", "db.url"
+def _resolve_alias(layers: _Layers, warnings: list[str], alias: str, main: str) -> None:
+    """Fold a Kamailio name into presenced's (presence.db_url → db.url,
+    core.children → core.workers; see the module docstring)."""
     if layers.sources[alias] == "default" or not layers.values[alias]:
         return
     ra, rm = _RANK[layers.sources[alias]], _RANK[layers.sources[main]]
     if ra > rm:
         layers.values[main] = layers.values[alias]
         layers.sources[main] = layers.sources[alias]
-        layers.origins[main] = f"{layers.origins[alias]} (via presence.db_url)"
+        layers.origins[main] = f"{layers.origins[alias]} (via {alias})"
     elif ra == rm and layers.values[alias] != layers.values[main]:
         warnings.append(
-            f"{layers.origins[alias]}: presence.db_url is overridden by db.url "
+            f"{layers.origins[alias]}: {alias} is overridden by {main} "
             f"({layers.origins[main]}); set only one of them")
 
 
@@ -1108,7 +1120,8 @@ def load_config(path: str | Path | None, sets: Iterable[str] = (),
                 if p.key in layers.invalid_na:
                     msg += f" (its value is invalid anyway: {layers.invalid_na[p.key]})"
                 warnings.append(msg)
-    _resolve_db_alias(layers, warnings)
+    _resolve_alias(layers, warnings, "presence.db_url", "db.url")
+    _resolve_alias(layers, warnings, "core.children", "core.workers")
 
     sections = {
         sec: _CLASSES[sec](**{n: layers.values[f"{sec}.{n}"] for n in params})

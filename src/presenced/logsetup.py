@@ -10,11 +10,14 @@ import sys
 import time
 
 CALL_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("presenced_call_id", default=None)
+#: Index of this worker process (`serve --workers N`); None in a single process.
+WORKER: int | None = None
 
 
 class _CallIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.call_id = CALL_ID.get()
+        record.worker = WORKER
         return True
 
 
@@ -29,6 +32,9 @@ class JsonFormatter(logging.Formatter):
         call_id = getattr(record, "call_id", None)
         if call_id:
             out["call_id"] = call_id
+        worker = getattr(record, "worker", None)
+        if worker is not None:
+            out["worker"] = worker
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)
@@ -37,6 +43,9 @@ class JsonFormatter(logging.Formatter):
 class ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
+        worker = getattr(record, "worker", None)
+        if worker is not None:
+            line = f"{line} [worker={worker}]"
         call_id = getattr(record, "call_id", None)
         return f"{line} [call-id={call_id}]" if call_id else line
 

@@ -180,3 +180,55 @@ def parse_exposition(text: str) -> dict[tuple[str, frozenset], float]:
 
 def sample(metrics: dict, name: str, **labels: str) -> float:
     return metrics.get((name, frozenset(labels.items())), 0.0)
+
+
+class LiveWorkers(LiveServer):
+    """The same API, served by `presenced serve --workers N` in a child process
+    (the RPC must not tell one process from several)."""
+
+    def __init__(self, workers: int = 2, token: str = TOKEN) -> None:
+        self.workers = workers
+        self.token = token
+        self.port = free_port()
+        with socket.socket() as s:
+            s.bind((HOST, 0))
+            self.http_port = s.getsockname()[1]
+        self.proc: Any = None
+
+    def start(self) -> "LiveWorkers":
+        import os
+        import subprocess
+        import sys
+        import tempfile
+        import time
+
+        from sipclient import SipClient
+
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "presenced", "serve", "--workers", str(self.workers), "--db-url", "memory",
+             "--listen", f"udp:{HOST}:{self.port}", "--listen", f"tcp:{HOST}:{self.port}",
+             "--http", f"{HOST}:{self.http_port}", "--set", f"http.token={self.token}",
+             "--set", "presence_xml.force_active=1"],
+            stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        deadline = time.monotonic() + 15
+        with SipClient(self.port) as c:
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, "server exited"
+                try:
+                    if c.request("OPTIONS", f"sip:ping@{HOST}:{self.port}", timeout=0.3).status == 200 \
+                            and self.http("GET", "/health")[0] == 200:
+                        return self
+                except (TimeoutError, OSError):
+                    pass
+        self.stop()
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
+
+    @property
+    def base(self) -> str:
+        return f"http://{HOST}:{self.http_port}"

@@ -5,11 +5,21 @@ from __future__ import annotations
 import socket
 import time
 
-from api_support import HOST, pidf, sample, uid
+import pytest
+from api_support import HOST, LiveServer, LiveWorkers, pidf, sample, uid
 from sipclient import SipClient
 
 from presenced import _build
 from presenced.metrics import Histogram
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "2-workers"])
+def live(request):
+    """The traffic tests against one process and against `serve --workers 2`
+    (whose /metrics adds up every worker's)."""
+    srv = (LiveServer() if request.param == 1 else LiveWorkers(request.param)).start()
+    yield srv
+    srv.stop()
 
 
 def delta(after: dict, before: dict, name: str, **labels: str) -> float:

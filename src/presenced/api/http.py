@@ -116,6 +116,8 @@ class HttpApi:
         self.port: int | None = None
         self.metrics = Metrics(server)
         self.rpc = RpcService(server, self.metrics)
+        # Several workers (runtime/workers.py) replace it with one that sums every worker's text.
+        self.render_metrics: Any = None
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[asyncio.Task] = set()
 
@@ -284,7 +286,8 @@ class HttpApi:
                 return 204, b"", "application/json", []
             return 200, out, "application/json", []
         if req.path == "/metrics":
-            return 200, self.metrics.render().encode("utf-8"), METRICS_CONTENT_TYPE, []
+            text = self.metrics.render() if self.render_metrics is None else await self.render_metrics()
+            return 200, text.encode("utf-8"), METRICS_CONTENT_TYPE, []
         status, doc = await self.health()
         return status, (json.dumps(doc, indent=2) + "\n").encode(), "application/json", []
 

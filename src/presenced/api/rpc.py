@@ -570,6 +570,7 @@ class RpcService:
         wall = self._wall(now)
         in_db: set[str] = set()
         changed: set[tuple[str, str]] = set()
+        owns = p.owns
         for r in rows:
             pkg = engine.registry.get(r.event)
             if pkg is None:
@@ -581,6 +582,8 @@ class RpcService:
             if expires_at <= now:
                 continue
             aor = join_aor(r.username, r.domain)
+            if owns is not None and not owns(aor):
+                continue  # another worker's presentity
             engine._pub_seq += 1
             pub = Publication(
                 etag=r.etag, pres_uri=aor, entity=aor, event=pkg.key, body=bytes(r.body),

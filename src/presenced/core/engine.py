@@ -155,6 +155,9 @@ class PresenceEngine:
         # provider(pres_uri, entity) -> body or None.
         self.state_providers: dict[str, Callable[[str, str], VersionedBody | None]] = {}
         # hooks
+        # Several worker processes (core/partition.py): makes the local tag of a
+        # new dialog so that its in-dialog requests reach this presentity's owner.
+        self.dialog_tag: Callable[[str], str] | None = None
         self.authorize: Callable[[str, str, str, Subscription], tuple[str, str | None]] | None = None
         self.notify_reply_hook: Callable[[Subscription, Response | None], bool] | None = None
         # DB-only modes (runtime/shared.py): asked before a record expires; False
@@ -533,7 +536,7 @@ class PresenceEngine:
         except SipParseError as e:
             return Reply(e.status, e.reason), []
         from_ = req.from_
-        to_tag = new_tag()
+        to_tag = new_tag() if self.dialog_tag is None else self.dialog_tag(pres_uri)
         watcher = watcher_uri or from_.uri_text
         event_header = pkg.name + (("." + pkg.template) if pkg.template else "")
         if pkg.required_params:

@@ -125,22 +125,25 @@ def build_batch(j: Journal, wall: float) -> Batch:
 
 
 # ---------------------------------------------------------------- from rows
-def restore_publications(engine: PresenceEngine, rows: list[PresentityRow], now: float) -> int:
-    """Load stored rows into the engine (no NOTIFYs, nothing journaled); returns how many were live."""
+def restore_publications(engine: PresenceEngine, rows: list[PresentityRow], now: float,
+                         owns: Callable[[str], bool] | None = None) -> int:
+    """Load stored rows into the engine (no NOTIFYs, nothing journaled); returns how many were live.
+    `owns` (several workers): only presentities this worker owns."""
     n = 0
     for r in rows:
         pub = publication_from_row(engine, r, now)
-        if pub is not None:
+        if pub is not None and (owns is None or owns(pub.pres_uri)):
             engine.adopt_publication(pub)
             n += 1
     return n
 
 
-def restore_subscriptions(engine: PresenceEngine, rows: list, now: float, bump: int = 0) -> int:
+def restore_subscriptions(engine: PresenceEngine, rows: list, now: float, bump: int = 0,
+                          owns: Callable[[str], bool] | None = None) -> int:
     n = 0
     for row, ext in rows:
         sub = _subscription_from_row(engine, row, ext, now, bump)
-        if sub is not None:
+        if sub is not None and (owns is None or owns(sub.pres_uri)):
             engine.adopt_subscription(sub)
             n += 1
     return n
@@ -276,6 +279,11 @@ class Persistence:
         self.outage_since: float | None = None
         self.commits = 0
         self._stopping = False
+        # Several workers (runtime/workers.py): each restores the presentities it
+        # owns, keeps its own clean-stop marker, and one of them deletes expired rows.
+        self.owns: Callable[[str], bool] | None = None
+        self.marker = CLEAN_STOP
+        self.cleaner = True
 
     @property
     def persist_publications(self) -> bool:
@@ -291,27 +299,30 @@ class Persistence:
         self.engine.wall_offset = time.time() - now
         wall_now = int(time.time())
         watchers = await self.store.load_watchers()
+        owns = self.owns
+        if owns is not None:
+            watchers = [w for w in watchers if owns(w.presentity_uri)]
         restore_watchers(self.engine, watchers)
         n_pub = n_sub = 0
         if self.persist_publications:
             async for page in self.store.page_presentities(wall_now, self.fetch_rows):
-                n_pub += restore_publications(self.engine, page, now)
+                n_pub += restore_publications(self.engine, page, now, owns)
         # After a crash in write-back mode up to one db_update_period of CSeq and
         # version updates may be missing: jump past them so they keep increasing.
         # A clean stop flushed everything and says so; then nothing is skipped.
         bump = 0
         if self.subs_db_mode == 2:
-            bump = 0 if await self.store.get_marker(CLEAN_STOP) == "1" else 100
-            await self.store.set_marker(CLEAN_STOP, "0")
+            bump = 0 if await self.store.get_marker(self.marker) == "1" else 100
+            await self.store.set_marker(self.marker, "0")
         if self.persist_subscriptions:
             async for page in self.store.page_active_watchers(wall_now, self.fetch_rows):
-                n_sub += restore_subscriptions(self.engine, page, now, bump)
+                n_sub += restore_subscriptions(self.engine, page, now, bump, owns)
         counts = (n_pub, n_sub)
         self.engine.journal = Journal()
         loop = asyncio.get_running_loop()
         if self.subs_db_mode == 2:
             self._tasks.append(loop.create_task(self._periodic_flush()))
-        if self.clean_period > 0:
+        if self.clean_period > 0 and self.cleaner:
             self._tasks.append(loop.create_task(self._periodic_clean()))
         return counts
 
@@ -460,7 +471,7 @@ class Persistence:
                           self.store.url, "the outage began" if self.outage_since else "the last commit")
             elif self.subs_db_mode == 2:
                 try:
-                    await bounded(self.store.set_marker(CLEAN_STOP, "1"), self.write_timeout)
+                    await bounded(self.store.set_marker(self.marker, "1"), self.write_timeout)
                 except Exception as e:
                     log.warning("storage %s: could not record the clean stop (%s); the next start "
                                 "will skip 100 CSeqs", self.store.url, str(e) or type(e).__name__)

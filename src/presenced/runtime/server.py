@@ -115,15 +115,7 @@ class Server:
         self.loop = asyncio.get_running_loop()
         self.core.engine.wall_offset = time.time() - self.loop.time()
         await self._open_store()
-        for proto, host, port in self.listen_specs:
-            if proto == "udp":
-                l = await start_udp(host, port, self._on_message)
-                self.udp.append(l)
-                self.bound.append(("udp", host, l.port))
-            else:
-                srv = await self._listen_stream(proto, host, port)
-                real = srv.sockets[0].getsockname()[1] if srv.sockets else port
-                self.bound.append((proto, host, real))
+        await self._open_listeners()
         self._housekeeping = self.loop.create_task(self._housekeeping_loop())
         clean_period = int(getattr(getattr(self.cfg, "presence", None), "clean_period", 100))
         if clean_period > 0:
@@ -138,6 +130,20 @@ class Server:
         if self.http is not None:
             await self.http.start()
 
+    async def _open_listeners(self, socks: list | None = None) -> None:
+        """Bind every --listen address (or use `socks`, one per address, bound
+        by the supervisor of several workers)."""
+        for i, (proto, host, port) in enumerate(self.listen_specs):
+            sock = socks[i] if socks is not None else None
+            if proto == "udp":
+                l = await start_udp(host, port, self._on_message, sock)
+                self.udp.append(l)
+                self.bound.append(("udp", host, l.port))
+            else:
+                srv = await self._listen_stream(proto, host, port, sock)
+                real = srv.sockets[0].getsockname()[1] if srv.sockets else port
+                self.bound.append((proto, host, real))
+
     def _setup_secure_transports(self, cfg: Any) -> None:
         """TLS contexts and WebSocket settings, checked before anything binds
         (a TlsConfigError is a ValueError naming the parameter)."""
@@ -151,7 +157,7 @@ class Server:
         ws = getattr(cfg, "websocket", None) or WebsocketSection()
         self.ws_settings = WsSettings(path=ws.path, origins=frozenset(ws.origins))
 
-    async def _listen_stream(self, proto: str, host: str, port: int) -> asyncio.AbstractServer:
+    async def _listen_stream(self, proto: str, host: str, port: int, sock: Any = None) -> asyncio.AbstractServer:
         ctx = self.tls_server if proto in ("tls", "wss") else None
         if proto in WEBSOCKET:
             from presenced.transport.ws import WsConnection
@@ -159,8 +165,8 @@ class Server:
             settings = self.ws_settings
             return await self.tcp.listen(
                 host, port, ssl_context=ctx,
-                factory=lambda: WsConnection(self.tcp, self._on_message, proto, settings))
-        return await self.tcp.listen(host, port, transport=proto, ssl_context=ctx)
+                factory=lambda: WsConnection(self.tcp, self._on_message, proto, settings), sock=sock)
+        return await self.tcp.listen(host, port, transport=proto, ssl_context=ctx, sock=sock)
 
     async def _open_store(self) -> None:
         url = getattr(getattr(self.cfg, "db", None), "url", "memory") if self.cfg is not None else "memory"
@@ -179,7 +185,7 @@ class Server:
             "watchers": p.watchers_table, "xcap": self.cfg.presence_xml.xcap_table,
         }
         store = Store.from_url(url, tables=tables)
-        self.persistence = Persistence(store, self.core.engine, self.cfg, self._send_items)
+        self.persistence = self._make_persistence(Persistence, store)
         assert self.loop is not None
         n_pub, n_sub = await self.persistence.start(self.loop.time())
         if p.subs_db_mode == 3 or p.publ_cache == 0:
@@ -197,6 +203,9 @@ class Server:
             self.core.credentials_miss = self._credentials_miss
         self._arm_timer()
         log.info("storage %s: restored %d publications and %d subscriptions", store.url, n_pub, n_sub)
+
+    def _make_persistence(self, cls: Any, store: Any) -> Any:
+        return cls(store, self.core.engine, self.cfg, self._send_items)
 
     async def load_rules(self, presentity: str | None = None) -> int:
         """(Re)load pres-rules from the xcap table: all, or one presentity AoR."""

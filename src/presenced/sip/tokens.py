@@ -14,6 +14,11 @@ from binascii import b2a_base64
 _BATCH = 256
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 _hex: dict[int, list[str]] = {}
+#: Set once by a worker process when several run (runtime/workers.py): put in
+#: front of the random part of every Via branch this process makes, so the
+#: response to a NOTIFY finds the worker holding its client transaction.
+#: "" (one process) = branches exactly as before.
+BRANCH_MARK = ""
 _b64: dict[int, list[str]] = {}
 
 

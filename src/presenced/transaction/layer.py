@@ -30,6 +30,7 @@ from typing import Any, Callable
 from presenced.transaction.timers import DelayQueue, TimerHandle, TimerHeap
 from presenced.sip.errors import SipParseError
 from presenced.sip.message import Request, Response
+from presenced.sip import tokens
 from presenced.sip.tokens import token_hex
 
 T1 = 0.5
@@ -83,7 +84,7 @@ def udp_address(host: str, port: int) -> Address:
 
 
 def new_branch() -> str:
-    return MAGIC + token_hex(8)
+    return MAGIC + tokens.BRANCH_MARK + token_hex(8)
 
 
 # (Via host, port) -> (lowercased host, port): lingering transactions share

@@ -104,6 +104,7 @@ class TcpRegistry:
     def __init__(self, on_message: OnMessage, max_connections: int = 10000, idle_timeout: float = 600.0) -> None:
         self.on_message = on_message
         self.on_error: Callable[[bytes, SipParseError, Address], None] | None = None
+        self.on_close: Callable[[TcpConnection], None] | None = None  # several workers: tell the others
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.by_peer: dict[tuple[str, str, int], TcpConnection] = {}  # (transport, host, port)
@@ -126,6 +127,8 @@ class TcpRegistry:
         key = (conn.name, *conn.peer)
         if self.by_peer.get(key) is conn:
             del self.by_peer[key]
+        if self.on_close is not None:
+            self.on_close(conn)
 
     def find(self, host: str, port: int, transport: str = "tcp") -> TcpConnection | None:
         conn = self.by_peer.get((transport, host, port))
@@ -169,12 +172,18 @@ class TcpRegistry:
         return n
 
     async def listen(self, host: str, port: int, *, transport: str = "tcp", ssl_context: ssl.SSLContext | None = None,
-                     factory: Callable[[], asyncio.Protocol] | None = None) -> asyncio.AbstractServer:
+                     factory: Callable[[], asyncio.Protocol] | None = None,
+                     sock: socket.socket | None = None) -> asyncio.AbstractServer:
+        """Listen on host:port, or on `sock` (a listening socket the worker
+        processes share, created by the supervisor)."""
         loop = asyncio.get_running_loop()
         if factory is None:
             factory = lambda: TcpConnection(self, self.on_message, transport=transport)  # noqa: E731
         extra = {"ssl": ssl_context, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT} if ssl_context is not None else {}
-        server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024, **extra)
+        if sock is not None:
+            server = await loop.create_server(factory, sock=sock, backlog=1024, **extra)
+        else:
+            server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024, **extra)
         self.servers.append(server)
         return server
 

@@ -71,8 +71,18 @@ class UdpListener(asyncio.DatagramProtocol):
         return local
 
 
-async def start_udp(host: str, port: int, on_message) -> UdpListener:
+async def start_udp(host: str, port: int, on_message, sock: socket.socket | None = None) -> UdpListener:
+    """Listen on host:port, or on `sock` (bound by the supervisor and shared by
+    the worker processes: each datagram goes to whichever worker reads first)."""
     loop = asyncio.get_running_loop()
+    if sock is None:
+        sock = udp_socket(host, port)
+    sock.setblocking(False)
+    _, proto = await loop.create_datagram_endpoint(lambda: UdpListener(host, port, on_message), sock=sock)
+    return proto
+
+
+def udp_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     # No SO_REUSEADDR: on UDP it lets a second process bind the same port and
@@ -82,7 +92,9 @@ async def start_udp(host: str, port: int, on_message) -> UdpListener:
             sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
         except OSError:
             pass
-    sock.bind((host, port))
-    sock.setblocking(False)
-    _, proto = await loop.create_datagram_endpoint(lambda: UdpListener(host, port, on_message), sock=sock)
-    return proto
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
