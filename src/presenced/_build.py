@@ -27,6 +27,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "presenced.transaction.layer",
     "presenced.transaction.timers",
     "presenced.core.engine",
+    "presenced.core.partition",
     "presenced.core.journal",
     "presenced.core.server",
     "presenced.core.state",
