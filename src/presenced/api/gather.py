@@ -32,7 +32,8 @@ def _sum(a: Any, b: Any, key: str = "") -> Any:
 
 
 # Gauges that are per process, not additive: the smallest value wins.
-_MIN_SERIES = ("presenced_up", "presenced_storage_healthy", "presenced_start_time_seconds")
+_MIN_SERIES = ("presenced_up", "presenced_storage_healthy", "presenced_start_time_seconds",
+               "presenced_compiled")
 _FIRST_SERIES = ("presenced_build_info",)
 _SAMPLE = re.compile(r"^([A-Za-z_:][\w:]*)(\{.*\})? (\S+)$")
 
