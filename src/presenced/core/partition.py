@@ -29,7 +29,7 @@ from presenced.sip.tokens import token_hex
 
 TAG_MARK = "h"     # dialog tag: "h" + 4 hex digits of the partition hash + "."
 BRANCH_MARK = "w"  # Via branch: MAGIC + "w" + worker index + "."
-_MAGIC = b"z9hG4bK"
+_TAG_MARK = TAG_MARK.encode("ascii")
 _CACHE_MAX = 65536
 
 # The header block ends at the first empty line; header names are case-insensitive
@@ -109,7 +109,7 @@ class Partitioner:
         t = _TAG.search(to, gt + 1 if gt >= 0 else 0)
         if t is not None:
             tag = t.group(1)
-            if tag[:1] == b"h" and tag[5:6] == b"." and len(tag) > 6:
+            if tag[:1] == _TAG_MARK and tag[5:6] == b"." and len(tag) > 6:
                 try:
                     return int(tag[1:5], 16) % self.workers
                 except ValueError:

@@ -219,6 +219,7 @@ class WorkerServer(Server):
         self._next_cid = int.from_bytes(os.urandom(4), "big")
         self._remote: dict[tuple[int, int], RemoteConn] = {}
         self._udp_sources: dict[tuple[str, int, int], Address] = {}
+        self._udp_index: dict[Any, int] = {}
         self._pending_ct: dict[int, ClientTransaction] = {}
         self._next_req = 0
         self._calls: dict[int, asyncio.Future] = {}
@@ -262,6 +263,8 @@ class WorkerServer(Server):
 
     async def _open_listeners(self, socks: list | None = None) -> None:
         await super()._open_listeners(self.inherited)
+        # Frames name the UDP listener by position; one lookup per forwarded datagram.
+        self._udp_index = {listener: i for i, listener in enumerate(self.udp)}
 
     async def stop(self, grace: float = 2.0) -> None:
         await super().stop(grace)
@@ -278,7 +281,7 @@ class WorkerServer(Server):
         t = source.transport
         conn = source.conn
         if t == "udp":
-            listener, cid = self.udp.index(conn) if conn in self.udp else 0, 0
+            listener, cid = self._udp_index.get(conn, 0), 0
         else:
             listener, cid = 0, self._cid(conn, owner)
         shost, lhost = source.host.encode(), local[0].encode()
