@@ -163,7 +163,7 @@ class WorkerRpc(RpcService):
         name = "presence.subscription_show"
         tag = self._param(params, "to_tag", 1)
         if isinstance(tag, str):
-            owner = server.partition.classify(b"SUBSCRIBE x SIP/2.0\r\nTo: <x>;tag=" + tag.encode() + b"\r\n\r\n")
+            owner = server.partition.owner_of_tag(tag.encode())
             if owner != server.index:
                 return await server.call_worker(owner, name, params)
         try:

@@ -108,13 +108,7 @@ class Partitioner:
         gt = to.rfind(b">")
         t = _TAG.search(to, gt + 1 if gt >= 0 else 0)
         if t is not None:
-            tag = t.group(1)
-            if tag[:1] == _TAG_MARK and tag[5:6] == b"." and len(tag) > 6:
-                try:
-                    return int(tag[1:5], 16) % self.workers
-                except ValueError:
-                    return self.index
-            return self.index  # not a tag we made as a worker: 481 from here
+            return self.owner_of_tag(t.group(1))
         if method in _BY_URI:
             line_end = head.find(b"\r\n")
             uri = head[sp + 1:head.rfind(b" ", sp + 1, line_end if line_end > 0 else len(head))]
@@ -128,6 +122,16 @@ class Partitioner:
         else:
             return self.index
         return self._owner_of_uri(uri)
+
+    def owner_of_tag(self, tag: bytes) -> int:
+        """The owner of a dialog by its local tag; this worker for a tag not made
+        by a worker (it answers 481)."""
+        if tag[:1] == _TAG_MARK and tag[5:6] == b"." and len(tag) > 6:
+            try:
+                return int(tag[1:5], 16) % self.workers
+            except ValueError:
+                return self.index
+        return self.index
 
     def _owner_of_uri(self, uri: bytes) -> int:
         owner = self._by_uri.get(uri)
