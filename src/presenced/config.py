@@ -302,6 +302,12 @@ class CoreSection(_Section):
     TITLE: ClassVar[str] = "presenced: processes."
     workers: int = _int(1, "Worker processes; presentities are split between them by a hash of "
                            "their URI (1 = one process, no supervisor).", min=1, max=64)
+    udp_steering: str = _str("kernel", "With several workers, how UDP datagrams reach them: "
+                             '"kernel" = one SO_REUSEPORT socket per worker and a classic BPF '
+                             "program that hands each datagram to the worker owning its "
+                             "presentity (others are forwarded); \"shared\" = one socket all "
+                             "workers read (each datagram wakes every worker).",
+                             choices=("kernel", "shared"))
     children: int = _int(0, "Kamailio's core name for the number of workers; alias of "
                             "core.workers (higher-precedence source wins, core.workers on a "
                             'tie); 0 = not set.', min=0, max=64)

@@ -144,6 +144,11 @@ class PresenceEngine:
         self._pub_expiry = DelayQueue(timers, self._pub_expired_cb)
         self._sub_expiry = DelayQueue(timers, self._sub_expired_cb)
         self._contact_cache: dict[tuple[str, int, str, bool], str] = {}
+        # Several workers: our Contact names the presentity's user, so in-dialog
+        # requests (Request-URI = that Contact) carry what the kernel steers by
+        # (core/partition.py). One string per presentity, shared by its dialogs.
+        self.contact_user = False
+        self._user_contacts: dict[tuple[str, str], str] = {}
         self._fanout: deque[tuple[Subscription, EventPackage]] = deque()
         self._fanout_pending: set[tuple] = set()
         self._pub_seq = 0
@@ -227,6 +232,23 @@ class PresenceEngine:
         if len(self._contact_cache) < 256:
             self._contact_cache[ck] = c
         return c
+
+    def _dialog_contact(self, ctx: RequestContext, req: Request) -> str:
+        c = self.local_contact(ctx, req.uri_text[:5].lower() == "sips:")
+        if not self.contact_user or self.server_address:
+            return c
+        user = req.uri.user
+        if not user:
+            return c
+        key = (user, c)
+        uc = self._user_contacts.get(key)
+        if uc is None:
+            colon = c.find(":") + 1
+            uc = c[:colon] + user + "@" + c[colon:]
+            if len(self._user_contacts) >= 65536:
+                self._user_contacts.clear()
+            self._user_contacts[key] = uc
+        return uc
 
     def _lookup_package(self, req: Request) -> EventPackage | Reply:
         try:
@@ -551,7 +573,7 @@ class PresenceEngine:
             route_set=record_route, to_header=req.get("from") or "", from_header=f"{to_raw};tag={to_tag}",
             remote_cseq=cseq, local_cseq=0, expires_at=now + expires, source=shared_address(ctx.source),
             local_host=ctx.local_host, local_port=ctx.local_port,
-            local_contact=self.local_contact(ctx, req.uri_text[:5].lower() == "sips:"),
+            local_contact=self._dialog_contact(ctx, req),
             accept=accept, created=now,
         )
         if pkg.template == "winfo":

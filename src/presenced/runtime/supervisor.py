@@ -19,8 +19,9 @@ import sys
 import time
 from typing import Any, Callable
 
+from presenced.core.partition import steering_program
 from presenced.runtime.workers import LINK_BUFFER, WorkerServer
-from presenced.transport.udp import udp_socket
+from presenced.transport.udp import attach_steering, udp_socket, udp_socket_group
 
 log = logging.getLogger("presenced.workers")
 
@@ -39,7 +40,10 @@ class Supervisor:
         self.listen = listen
         self.workers = workers
         self.build = build
-        self.sockets: list[socket.socket] = []
+        core = getattr(cfg, "core", None)
+        self.steering = str(getattr(core, "udp_steering", "kernel"))
+        # One entry per --listen address; a UDP one is a list (one socket per worker) when steered.
+        self.sockets: list[Any] = []
         self.links: dict[int, dict[int, socket.socket]] = {i: {} for i in range(workers)}
         self.pids: dict[int, int] = {}          # worker index -> pid
         self.ready: dict[int, int] = {}         # start-up: read end of each worker's ready pipe
@@ -54,7 +58,10 @@ class Supervisor:
         for spec in self.listen:
             proto, host, port = parse_listen(spec)
             if proto == "udp":
-                self.sockets.append(udp_socket(host, port))
+                if self.steering == "kernel":
+                    self.sockets.append(self._steered_group(host, port))
+                else:
+                    self.sockets.append(udp_socket(host, port))
                 continue
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             s = socket.socket(family, socket.SOCK_STREAM)
@@ -88,6 +95,22 @@ class Supervisor:
                 self.links[i][j] = a
                 self.links[j][i] = b
 
+    def _steered_group(self, host: str, port: int) -> list[socket.socket]:
+        """One SO_REUSEPORT socket per worker, steered by core/partition.py's BPF
+        program; without it (a kernel that refuses, > 10 workers) the kernel's
+        4-tuple hash spreads datagrams and workers forward what they don't own."""
+        group = udp_socket_group(host, port, self.workers)
+        if self.workers > 10:
+            log.warning("udp_steering: more than 10 workers: datagrams are spread by the kernel's hash "
+                        "and forwarded to their owner")
+            return group
+        try:
+            attach_steering(group[0], steering_program(self.workers))
+        except OSError as e:
+            log.warning("udp_steering: the kernel refused the steering program (%s): datagrams are "
+                        "spread by its hash and forwarded to their owner", e)
+        return group
+
     def _spawn(self, index: int) -> int:
         r, w = os.pipe()
         pid = os.fork()
@@ -105,7 +128,8 @@ class Supervisor:
                             s.close()
                 for fd in self.ready.values():
                     os.close(fd)
-                code = run_worker(self.build(index, self.sockets, self.links[index], w), index)
+                socks = [s[index] if isinstance(s, list) else s for s in self.sockets]
+                code = run_worker(self.build(index, socks, self.links[index], w), index)
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 1
             except BaseException:

@@ -209,6 +209,7 @@ class WorkerServer(Server):
         engine = self.core.engine
         self.partition = Partitioner(workers, index, engine.presentity_key)
         engine.dialog_tag = self.partition.dialog_tag
+        engine.contact_user = True
         self.mesh = Mesh(links, self._on_frame)
         self.tcp.on_close = self._conn_closed
         self._conn_ids: dict[TcpConnection, int] = {}

@@ -383,18 +383,18 @@ def _line_name(raw: str, line: str) -> tuple[str, str]:
 def _split_headers(rest: str, index: dict[str, list[str]]) -> list[tuple[str, str]]:
     if rest[:1] not in (" ", "\t") and "\n " not in rest and "\n\t" not in rest:
         # No folded lines (the usual case): the lean loop.
+        # (Plain method calls, not cached bound methods: mypyc turns
+        # `d.get(k)` and `l.append(x)` into direct C calls.)
         headers: list[tuple[str, str]] = []
-        append = headers.append
-        names = _LINE_NAMES.get
         for line in rest.split("\n") if rest else ():
             if not line:
                 continue
             raw, sep, value = line.partition(":")
             if not sep:
                 raise SipParseError(f"malformed header line '{line[:40]}'")
-            known = names(raw) or _line_name(raw, line)
+            known = _LINE_NAMES.get(raw) or _line_name(raw, line)
             value = value.strip()
-            append((known[0], value))
+            headers.append((known[0], value))
             vals = index.get(known[1])
             if vals is None:
                 index[known[1]] = [value]
@@ -408,8 +408,6 @@ def _split_folded(rest: str, index: dict[str, list[str]]) -> list[tuple[str, str
     """Header lines into (name, value) pairs, filling `index` (lower-case name →
     values) in the same pass: one dict probe per line instead of a second loop."""
     headers: list[tuple[str, str]] = []
-    append = headers.append
-    norm = _NORM_CACHE.get
     key = ""
     for line in (rest.split("\n") if rest else ()):
         if not line:
@@ -432,8 +430,8 @@ def _split_folded(rest: str, index: dict[str, list[str]]) -> list[tuple[str, str
         if name not in _KNOWN_NAMES and not is_token(name):
             raise SipParseError(f"malformed header name '{name[:40]}'")
         value = value.strip()
-        append((name, value))
-        key = norm(name) or normalize_name(name)
+        headers.append((name, value))
+        key = _NORM_CACHE.get(name) or normalize_name(name)
         vals = index.get(key)
         if vals is None:
             index[key] = [value]

@@ -100,10 +100,9 @@ _PARAM_NAMES: dict[str, str] = {}
 def parse_params(parts: list[str]) -> dict[str, str | None]:
     """`name[=value]` pieces into an ordered dict with lower-case names."""
     params: dict[str, str | None] = {}
-    names = _PARAM_NAMES.get
     for p in parts:
         raw, eq, value = p.partition("=")
-        name = names(raw)
+        name = _PARAM_NAMES.get(raw)
         if name is not None:
             params[name] = value.strip() if eq else None
             continue

@@ -82,9 +82,11 @@ async def start_udp(host: str, port: int, on_message, sock: socket.socket | None
     return proto
 
 
-def udp_socket(host: str, port: int) -> socket.socket:
+def udp_socket(host: str, port: int, reuseport: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     # No SO_REUSEADDR: on UDP it lets a second process bind the same port and
     # silently take part of the traffic (the reason asyncio dropped it, bpo-37228).
     for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
@@ -98,3 +100,43 @@ def udp_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+SO_ATTACH_REUSEPORT_CBPF = getattr(socket, "SO_ATTACH_REUSEPORT_CBPF", 51)  # linux/asm-generic/socket.h
+
+
+def udp_socket_group(host: str, port: int, size: int) -> list[socket.socket]:
+    """`size` UDP sockets bound to one address with SO_REUSEPORT, one per worker,
+    so the kernel hands each datagram to one of them (no thundering herd).
+
+    A probe without SO_REUSEPORT binds first: if anything (a second presenced
+    included) holds the port, this fails with EADDRINUSE instead of silently
+    sharing the traffic with it."""
+    if port != 0:
+        udp_socket(host, port).close()
+    group: list[socket.socket] = []
+    try:
+        for _ in range(size):
+            s = udp_socket(host, port, reuseport=True)
+            group.append(s)
+            port = s.getsockname()[1]
+    except OSError:
+        for s in group:
+            s.close()
+        raise
+    return group
+
+
+def attach_steering(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
+    """Attach a classic BPF program choosing the socket of `sock`'s reuseport
+    group for each datagram (SO_ATTACH_REUSEPORT_CBPF; no privilege needed).
+    Raises OSError where the kernel refuses it."""
+    import ctypes
+    import struct
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+    insns = (SockFilter * len(program))(*(SockFilter(c, jt, jf, k) for c, jt, jf, k in program))
+    fprog = struct.pack("HL", len(program), ctypes.addressof(insns))  # struct sock_fprog
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
