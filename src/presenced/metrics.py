@@ -355,6 +355,9 @@ class Metrics:
         e.sample("presenced_sip_parse_errors_total", core.stats.get("parse_errors", 0))
         e.family("presenced_sip_dropped_total", "counter", "SIP messages dropped without a response.")
         e.sample("presenced_sip_dropped_total", core.stats.get("dropped", 0))
+        e.family("presenced_worker_forwarded_total", "counter",
+                 "Messages read by a worker that does not own them and handed to the owner (--workers > 1).")
+        e.sample("presenced_worker_forwarded_total", getattr(server, "forwarded", 0))
         e.family("presenced_internal_errors_total", "counter", "Requests that hit an internal error (answered 500).")
         e.sample("presenced_internal_errors_total", core.stats.get("internal_errors", 0))
 

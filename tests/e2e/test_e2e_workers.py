@@ -108,6 +108,46 @@ def test_udp_from_one_source_port(two):
     _round_trip(two, "udp")
 
 
+def forwarded(http: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    line = next(l for l in text.splitlines() if l.startswith("presenced_worker_forwarded_total"))
+    return float(line.split()[-1])
+
+
+def test_kernel_steering_hands_each_datagram_to_its_owner(two):
+    """The default udp_steering=kernel: PUBLISH, SUBSCRIBE, in-dialog SUBSCRIBE
+    and the 200s to NOTIFYs, all from one source port, land in the owning
+    worker's socket; nothing is forwarded. With udp_steering=shared about half is."""
+    before = forwarded(two.http)
+    _round_trip(two, "udp")
+    assert forwarded(two.http) == before
+    http = _http_port()
+    shared = ready(Server(*FORCE, "--workers", "2", "--http", f"127.0.0.1:{http}",
+                          "--set", "core.udp_steering=shared").start())
+    try:
+        _round_trip(shared, "udp")
+        assert forwarded(http) > 10
+    finally:
+        shared.stop()
+
+
+def test_workers_contact_names_the_presentity(two):
+    ph = Phone(two.port, "udp")
+    try:
+        p = aor(uid("ct"))
+        r, d = ph.subscribe(p, expires=60)
+        assert r.status == 200
+        user = p.split(":", 1)[1].split("@", 1)[0]
+        assert r.get("contact").startswith(f"<sip:{user}@127.0.0.1:{two.port}"), r.get("contact")
+        ph.expect_notify(d)
+        r, _ = ph.subscribe(d.remote_uri, expires=0, dialog=d)
+        assert r.status == 200
+        ph.expect_notify(d)
+    finally:
+        ph.close()
+
+
 def test_tcp_over_one_connection(two):
     _round_trip(two, "tcp")
 

@@ -221,6 +221,7 @@ class WorkerServer(Server):
         self._remote: dict[tuple[int, int], RemoteConn] = {}
         self._udp_sources: dict[tuple[str, int, int], Address] = {}
         self._udp_index: dict[Any, int] = {}
+        self.forwarded = 0  # messages read here that another worker owns
         self._pending_ct: dict[int, ClientTransaction] = {}
         self._next_req = 0
         self._calls: dict[int, asyncio.Future] = {}
@@ -279,6 +280,7 @@ class WorkerServer(Server):
         if owner == self.index:
             Server._on_message(self, data, source, local)
             return
+        self.forwarded += 1
         t = source.transport
         conn = source.conn
         if t == "udp":
