@@ -99,9 +99,29 @@ async def test_writer_waits_for_foreign_lock(tmp_path):
         )
         loop = asyncio.get_running_loop()
         loop.call_later(0.3, other.execute, "COMMIT")
+        # the write waits on the store's thread: the event loop keeps running meanwhile
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.02)
+                ticks += 1
+
+        ticker = asyncio.ensure_future(tick())
+        inline, threaded = store.inline_writes, store.thread_writes
+        t0 = loop.time()
         await store.write(Batch(presentity_upserts=[pres()]))
+        ticker.cancel()
+        assert loop.time() - t0 >= 0.25
+        assert ticks >= 5
+        assert (store.inline_writes, store.thread_writes) == (inline, threaded + 1)
         assert await store.load_presentities(NOW) == [pres()]
         assert len(await store.load_watchers()) == 1
+        # the lock is free again: the next write commits on the loop thread at once
+        await store.write(Batch(presentity_upserts=[pres(etag="e2")]))
+        assert store.inline_writes == inline + 1
+        assert await store._fetch("PRAGMA busy_timeout") == [(5000,)]
         other.close()
     finally:
         await store.close()

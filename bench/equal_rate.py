@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""Server CPU per unit of work at the SAME offered rate, presenced vs Kamailio.
+
+The shared harness (../shared/bench) reports CPU per unit at each server's own
+maximum rate. Where Kamailio's maximum is tiny (SQLite write-back: about 100
+PUBLISH/s, its children answer 500 "database is locked" above that) that
+compares a saturated Kamailio with a nearly idle presenced. This script runs
+the harness's SIPp scenarios at one fixed rate below Kamailio's maximum
+against both servers, interleaved and repeated, and reports the median server
+CPU per unit (process tree, /proc utime+stime over the SIPp run), failed calls
+and the server's 5xx answers.
+
+  python bench/equal_rate.py --storage sqlite                       # A,B,C,E at the default rates
+  python bench/equal_rate.py --storage sqlite --repeat 3 --workers 2 --scenarios A,B
+  python bench/equal_rate.py --storage memory --rates A=2000,C=1000
+
+Kamailio is started by the harness's own Server class (same config, same
+SQLite schema and journal mode); presenced with the same write-back shape as
+`BENCH_STORAGE=sqlite make bench` (subs_db_mode=2, publ_cache=1,
+db_update_period=10). Results go to bench/results/<stamp>-equal-rate-<storage>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+HARNESS = os.environ.get("PRESENCED_BENCH_HARNESS", os.path.join(ROOT, "..", "shared", "bench"))
+
+# scenario -> (SIPp file, units per call, default calls/s); rates stay under
+# Kamailio WITH_SQLITE's maxima on a 2-core VM (A 105, B 264 PUBLISH/s, C 148 dialogs/s).
+SCENARIOS = {
+    "A": ("publish.xml", 1, 80),
+    "B": ("publish_cycle.xml", 3, 30),
+    "C": ("subscribe.xml", 1, 60),
+    "E": ("mwi.xml", 1, 25),
+}
+UNITS = {"A": "PUBLISH", "B": "PUBLISH", "C": "dialog", "E": "MWI cycle"}
+
+
+def _tree(pid: int) -> list[int]:
+    kids: dict[int, list[int]] = {}
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                kids.setdefault(ppid, []).append(int(p))
+            except (OSError, ValueError, IndexError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, ()))
+    return out
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    t = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                st = f.read().rsplit(")", 1)[1].split()
+            t += int(st[11]) + int(st[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return t / os.sysconf("SC_CLK_TCK")
+
+
+def _server_args(port: int, server_cmd: str | None, workdir: str) -> argparse.Namespace:
+    return argparse.Namespace(
+        kamailio_bin="/usr/sbin/kamailio", shm=2048, pkg=32, host="127.0.0.1", port=port, transport="udp",
+        sqlite_journal="WAL", server_cmd=server_cmd, invocation_dir=ROOT, ready_timeout=20,
+        client_port=5061)
+
+
+def _presenced_cmd(venv: str, storage: str, workers: int) -> str:
+    cmd = (f"{venv}/bin/presenced serve --listen udp:{{host}}:{{port}} --listen tcp:{{host}}:{{port}} "
+           f"--set presence_xml.force_active=1 --log-level warning --workers {workers}")
+    if storage == "sqlite":
+        cmd += (" --db-url sqlite://{workdir}/presenced.sqlite --set presence.subs_db_mode=2"
+                " --set presence.publ_cache=1 --set presence.db_update_period=10")
+    else:
+        cmd += " --db-url memory"
+    return cmd
+
+
+def _sipp(scen: str, rate: float, calls: int, tdir: str) -> dict:
+    xml, _, _ = SCENARIOS[scen]
+    stat = os.path.join(tdir, "stat.csv")
+    cmd = ["sipp", "-sf", os.path.join(HARNESS, "scenarios", xml), "-inf", os.path.join(HARNESS, "data", "users.csv"),
+           "-i", "127.0.0.1", "-p", "5061", "-cp", "5071", "-t", "u1", "-r", f"{rate:g}", "-m", str(calls),
+           "-l", str(max(10, int(rate * 4))), "-nostdin", "-timeout", "120s", "-recv_timeout", "5000",
+           "-default_behaviors", "all,-bye", "-aa", "-buff_size", "4194304", "-trace_stat", "-stf", stat,
+           "127.0.0.1:5060"]
+    with open(os.path.join(tdir, "sipp.stdout"), "wb") as out:
+        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tdir).returncode
+    lines = open(stat).read().splitlines()
+    hdr, last = lines[0].split(";"), lines[-1].split(";")
+
+    def col(name: str) -> int:
+        return int(last[hdr.index(name)])
+
+    return {"rc": rc, "ok": col("SuccessfulCall(C)"), "failed": col("FailedCall(C)")}
+
+
+def run_one(label: str, server, scen: str, rate: float, seconds: float, tdir: str) -> dict:
+    os.makedirs(tdir, exist_ok=True)
+    server.start()
+    try:
+        time.sleep(1.0)
+        pids = _tree(server.proc.pid)
+        calls = max(1, int(rate * seconds))
+        c0, t0 = _cpu_seconds(pids), time.time()
+        s = _sipp(scen, rate, calls, tdir)
+        c1, t1 = _cpu_seconds(_tree(server.proc.pid) or pids), time.time()
+    finally:
+        server.stop()
+    units = s["ok"] * SCENARIOS[scen][1]
+    r = {"server": label, "scenario": scen, "rate": rate, "calls": calls, **s, "cpu_s": round(c1 - c0, 3),
+         "wall_s": round(t1 - t0, 2), "cpu_us_per_unit": round(1e6 * (c1 - c0) / units, 1) if units else None}
+    print(f"  {label:18s} {scen} r={rate:g}/s ok={s['ok']}/{calls} failed={s['failed']} "
+          f"cpu={r['cpu_s']:.2f}s -> {r['cpu_us_per_unit']} us/{UNITS[scen]}", flush=True)
+    return r
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--storage", choices=("sqlite", "memory"), default="sqlite")
+    ap.add_argument("--scenarios", default="A,B,C,E")
+    ap.add_argument("--rates", default="", help="per-scenario calls/s, e.g. A=80,B=30 (defaults: A=80,B=30,C=60,E=25)")
+    ap.add_argument("--seconds", type=float, default=20.0, help="length of each SIPp run")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved repeats (medians reported)")
+    ap.add_argument("--workers", type=int, default=1, help="presenced --workers")
+    ap.add_argument("--venv", default=os.environ.get("VENV", os.path.join(ROOT, ".venv")))
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+
+    sys.path.insert(0, HARNESS)
+    import run as harness  # the shared harness's Server (Kamailio config, SQLite schema)
+
+    rates = {k: float(v) for k, v in (p.split("=") for p in a.rates.split(",") if p)}
+    scens = [s for s in a.scenarios.split(",") if s]
+    for s in scens:
+        if s not in SCENARIOS:
+            ap.error(f"unknown scenario {s!r} (A, B, C, E)")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = a.out or os.path.join(HERE, "results", f"{stamp}-equal-rate-{a.storage}")
+    os.makedirs(out, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="equal-rate-")
+    kam_name = "kamailio-sqlite" if a.storage == "sqlite" else "kamailio-mem"
+    ours_cmd = _presenced_cmd(os.path.abspath(a.venv), a.storage, a.workers)
+    rows = []
+    try:
+        for scen in scens:
+            rate = rates.get(scen, SCENARIOS[scen][2])
+            for rep in range(a.repeat):
+                for label in (kam_name, "presenced"):
+                    wd = os.path.join(work, f"{label}-{scen}-{rep}")
+                    os.makedirs(wd, exist_ok=True)
+                    if label == "presenced":
+                        srv = harness.Server("ours", _server_args(5060, ours_cmd, wd), wd)
+                    else:
+                        srv = harness.Server(kam_name, _server_args(5060, None, wd), wd, children=8)
+                    rows.append(run_one(label, srv, scen, rate, a.seconds, os.path.join(wd, "sipp")))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    md = [f"# Server CPU per unit at equal offered rates ({a.storage})", "",
+          f"- date: {stamp}; host: {os.uname().nodename}, {os.cpu_count()} CPUs",
+          f"- command: `python bench/equal_rate.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+          f"- presenced: `{ours_cmd}`",
+          f"- Kamailio: the shared harness's `{kam_name}` (8 children); {a.repeat} interleaved runs of "
+          f"{a.seconds:g} s per scenario; medians", "",
+          "| scenario | rate (calls/s) | Kamailio µs/unit | presenced µs/unit | ratio | Kamailio failed calls | presenced failed calls |",
+          "|---|---|---|---|---|---|---|"]
+    for scen in scens:
+        k = [r for r in rows if r["scenario"] == scen and r["server"] == kam_name]
+        o = [r for r in rows if r["scenario"] == scen and r["server"] == "presenced"]
+        km = statistics.median(r["cpu_us_per_unit"] or 0 for r in k)
+        om = statistics.median(r["cpu_us_per_unit"] or 0 for r in o)
+        md.append(f"| {scen} ({UNITS[scen]}) | {k[0]['rate']:g} | {km:,.0f} | {om:,.0f} | "
+                  f"{om / km if km else float('nan'):.2f}x | {sum(r['failed'] for r in k)} / {sum(r['calls'] for r in k)} | "
+                  f"{sum(r['failed'] for r in o)} / {sum(r['calls'] for r in o)} |")
+    md += ["", "CPU = utime+stime of the server's process tree during the SIPp run (/proc, 10 ms ticks).",
+           "A failed call is one SIPp counted as failed (e.g. Kamailio's 500 \"database is locked\")."]
+    text = "\n".join(md) + "\n"
+    with open(os.path.join(out, "RESULTS.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    print(text)
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
