@@ -416,7 +416,7 @@ def server_command(name: str, a, workdir: str) -> tuple[list[str], str]:
         return cmd, workdir
     presenced = os.path.join(a.venv, "bin", "presenced")
     cmd = [presenced, "serve", "--listen", f"udp:{HOST}:{a.port}", "--log-level", "warning",
-           "--set", "presence_xml.force_active=1"]
+           "--set", "presence_xml.force_active=1", "--workers", str(a.workers)]
     if name == "presenced":
         cmd += ["--db-url", "memory"]
     elif name == "presenced-sqlite":
@@ -855,6 +855,7 @@ def main() -> int:
                     help="send this signal to presenced before each memory sample, for profiling with a wrapper "
                          "given as --venv DIR (DIR/bin/presenced) that e.g. dumps a tracemalloc snapshot on it")
     ap.add_argument("--signal-wait", type=float, default=5.0, help="seconds to wait after --signal-on-sample")
+    ap.add_argument("--workers", type=int, default=1, help="presenced --workers (default 1)")
     ap.add_argument("--venv", default=os.environ.get("VENV", os.path.join(ROOT, ".venv")))
     ap.add_argument("--out", help="results directory (default bench/results/<stamp>-state-memory)")
     ap.add_argument("--in-process", action="store_true",

@@ -206,3 +206,69 @@ def test_a_held_port_is_refused_not_shared():
             s.close()
     finally:
         held.close()
+
+
+def _supervisor(workers: int, steering: str = "kernel"):
+    from presenced.config import load_config
+    from presenced.runtime.supervisor import Supervisor
+
+    cfg = load_config(None, [f"core.workers={workers}", f"core.udp_steering={steering}"])
+    return Supervisor(cfg, ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"], workers, build=None)  # type: ignore[arg-type]
+
+
+def _close(sup) -> None:
+    for entry in sup.sockets:
+        for s in entry if isinstance(entry, list) else [entry]:
+            s.close()
+    for links in sup.links.values():
+        for s in links.values():
+            s.close()
+
+
+def test_supervisor_binds_one_steered_socket_per_worker():
+    sup = _supervisor(3)
+    try:
+        sup.bind()
+        group, tcp = sup.sockets
+        assert isinstance(group, list) and len(group) == 3
+        assert len({s.getsockname() for s in group}) == 1
+        assert not isinstance(tcp, list)
+    finally:
+        _close(sup)
+
+
+def test_shared_steering_binds_one_socket():
+    sup = _supervisor(2, "shared")
+    try:
+        sup.bind()
+        assert not isinstance(sup.sockets[0], list)
+    finally:
+        _close(sup)
+
+
+def test_a_kernel_refusing_the_program_leaves_hash_spreading(monkeypatch, caplog):
+    from presenced.runtime import supervisor as sup_mod
+
+    def refuse(sock, program):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(sup_mod, "attach_steering", refuse)
+    sup = _supervisor(2)
+    try:
+        with caplog.at_level("WARNING"):
+            sup.bind()
+        assert isinstance(sup.sockets[0], list) and len(sup.sockets[0]) == 2
+        assert "refused the steering program" in caplog.text
+    finally:
+        _close(sup)
+
+
+def test_more_than_ten_workers_are_spread_by_the_kernels_hash(caplog):
+    sup = _supervisor(12)
+    try:
+        with caplog.at_level("WARNING"):
+            sup.bind()
+        assert len(sup.sockets[0]) == 12
+        assert "more than 10 workers" in caplog.text
+    finally:
+        _close(sup)

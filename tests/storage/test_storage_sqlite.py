@@ -23,6 +23,38 @@ async def test_pragmas(tmp_path):
         await store.close()
 
 
+async def test_wal_checkpoints_run_on_the_thread(tmp_path, monkeypatch):
+    """Writes commit on the event loop, but the WAL checkpoint (which fsyncs) is
+    never automatic there: one runs on the store's thread every CHECKPOINT_EVERY writes."""
+    from presenced.storage import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 5)
+    store = Store.from_url(f"sqlite://{tmp_path}/c.db")
+    await store.connect()
+    try:
+        assert await store._fetch("PRAGMA wal_autocheckpoint") == [(0,)]
+        await store.ensure_schema()
+        base = store.checkpoints
+        for i in range(12):
+            await store.write(Batch(presentity_upserts=[pres(etag=f"e{i}")]))
+            await asyncio.sleep(0)
+        for _ in range(50):
+            if store._checkpointing is None:
+                break
+            await asyncio.sleep(0.01)
+        assert store.checkpoints >= base + 1
+        assert store.inline_writes >= 12
+        assert len(await store.load_presentities(NOW)) == 12
+    finally:
+        await store.close()
+    again = Store.from_url(f"sqlite://{tmp_path}/c.db")  # nothing lost across the checkpoints
+    await again.connect()
+    try:
+        assert len(await again.load_presentities(NOW)) == 12
+    finally:
+        await again.close()
+
+
 async def test_memory_database(tmp_path):
     store = Store.from_url("sqlite:///:memory:")
     await store.connect()

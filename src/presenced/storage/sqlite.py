@@ -6,7 +6,9 @@ transaction (the hot path: a PUBLISH in write-through, a write-back flush)
 runs inline on the event loop thread instead when the connection is idle and
 the write lock is free at once (`busy_timeout` 0 for that attempt): handing
 it to the thread and back costs two wake-ups, more than a small WAL commit.
-When another process holds the lock it goes to the thread and waits there. Against other
+When another process holds the lock it goes to the thread and waits there.
+WAL checkpoints (which fsync) never run inline: automatic checkpoints are off
+on our connection and one runs on the thread every CHECKPOINT_EVERY writes. Against other
 processes (Kamailio, a second presenced) WAL mode lets readers run beside the
 writer, write transactions start with BEGIN IMMEDIATE (no lock upgrades, hence
 no deadlock-style SQLITE_BUSY), busy_timeout waits 5 s for a lock, and a
@@ -17,6 +19,7 @@ for up to 30 s.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -26,8 +29,11 @@ from typing import Any
 from presenced.storage.base import StoreError
 from presenced.storage.sql import SqlStore, Step
 
+log = logging.getLogger("presenced.storage.sqlite")
+
 BUSY_TIMEOUT_MS = 5000
 LOCKED_DEADLINE = 30.0  # seconds of "database is locked" retries before giving up
+CHECKPOINT_EVERY = 200  # write transactions between WAL checkpoints (SQLite's own default: ~1,000 pages)
 
 
 def sqlite_path(url: str) -> str:
@@ -77,6 +83,9 @@ class SqliteStore(SqlStore):
         self._inflight = 0       # calls handed to the thread and not finished
         self.inline_writes = 0   # transactions committed on the loop thread
         self.thread_writes = 0
+        self.checkpoints = 0
+        self._since_checkpoint = 0
+        self._checkpointing: asyncio.Task | None = None
 
     # --- thread plumbing --------------------------------------------------------------
 
@@ -98,6 +107,7 @@ class SqliteStore(SqlStore):
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             if self.path != ":memory:":
                 conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA wal_autocheckpoint = 0")  # see CHECKPOINT_EVERY
             conn.execute("PRAGMA synchronous = NORMAL")
         except BaseException:
             conn.close()
@@ -146,6 +156,11 @@ class SqliteStore(SqlStore):
             raise self._connect_error(exc) from exc
 
     async def close(self) -> None:
+        if self._checkpointing is not None:
+            try:
+                await self._checkpointing
+            except BaseException:  # noqa: BLE001 - closing anyway
+                pass
         executor, self._executor = self._executor, None
         if executor is None:
             return
@@ -174,13 +189,32 @@ class SqliteStore(SqlStore):
             try:
                 counts = self._transaction_nowait(steps)
                 self.inline_writes += 1
+                self._wrote()
                 return counts
             except sqlite3.OperationalError as exc:
                 if not _locked(exc):
                     raise
                 # another process writes: wait for the lock on the thread
         self.thread_writes += 1
-        return await self._call(_retry_locked, self._transaction, steps)
+        counts = await self._call(_retry_locked, self._transaction, steps)
+        self._wrote()
+        return counts
+
+    def _wrote(self) -> None:
+        self._since_checkpoint += 1
+        if (self._since_checkpoint >= CHECKPOINT_EVERY and self._checkpointing is None
+                and self.path != ":memory:"):
+            self._checkpointing = asyncio.get_running_loop().create_task(self._checkpoint())
+
+    async def _checkpoint(self) -> None:
+        try:
+            await self._call(self._query, "PRAGMA wal_checkpoint(PASSIVE)", ())
+            self.checkpoints += 1
+        except Exception as exc:  # noqa: BLE001 - the next write tries again
+            log.debug("WAL checkpoint on %s failed: %s", self.url, exc)
+        finally:
+            self._since_checkpoint = 0
+            self._checkpointing = None
 
     def _transaction_nowait(self, steps: list[Step]) -> list[int]:
         conn = self._conn
