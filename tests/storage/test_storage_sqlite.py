@@ -157,3 +157,26 @@ async def test_writer_waits_for_foreign_lock(tmp_path):
         other.close()
     finally:
         await store.close()
+
+
+async def test_write_now_commits_at_once_or_declines(tmp_path):
+    """The write-through fast path: committed without awaiting when the lock is
+    free; declined (False, nothing written) while another process holds it."""
+    store = Store.from_url(f"sqlite://{tmp_path}/now.db")
+    await store.connect()
+    try:
+        await store.ensure_schema()
+        assert store.write_now(Batch()) is True
+        assert store.write_now(Batch(presentity_upserts=[pres(etag="n1")])) is True
+        assert [r.etag for r in await store.load_presentities(NOW)] == ["n1"]
+        other = sqlite3.connect(tmp_path / "now.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        assert store.write_now(Batch(presentity_upserts=[pres(etag="n2")])) is False
+        other.execute("COMMIT")
+        other.close()
+        assert [r.etag for r in await store.load_presentities(NOW)] == ["n1"]
+        assert store.write_now(Batch(presentity_upserts=[pres(etag="n2")])) is True
+        assert sorted(r.etag for r in await store.load_presentities(NOW)) == ["n1", "n2"]
+        assert await store._fetch("PRAGMA busy_timeout") == [(5000,)]
+    finally:
+        await store.close()

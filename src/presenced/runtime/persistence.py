@@ -378,7 +378,11 @@ class Persistence:
                     await self._probe()
                 return self.healthy
             try:
-                await bounded(self.store.write(batch), self.write_timeout)
+                # A store that can commit at once (SQLite, lock free) skips the task
+                # and the timeout that `bounded` wraps around an awaited write.
+                write_now = getattr(self.store, "write_now", None)
+                if write_now is None or not write_now(batch):
+                    await bounded(self.store.write(batch), self.write_timeout)
             except Exception as e:  # keep answering; retry these changes later
                 self._failed(e)
                 self._merge_back(taken)

@@ -200,6 +200,26 @@ class SqliteStore(SqlStore):
         self._wrote()
         return counts
 
+    def write_now(self, batch: Any) -> bool:
+        """Commit `batch` here and now if the connection is idle and the lock free
+        (True), so a write-through PUBLISH needs no task and no timeout around
+        its commit; False: use `write` (the lock is held elsewhere, or busy)."""
+        if batch.empty():
+            return True
+        if self._inflight or self._conn is None or self._executor is None:
+            return False
+        try:
+            self._transaction_nowait(self._steps(batch))
+        except sqlite3.OperationalError as exc:
+            if _locked(exc):
+                return False
+            raise StoreError(f"write failed on {self.url}: {self._reason(exc)}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"write failed on {self.url}: {self._reason(exc)}") from exc
+        self.inline_writes += 1
+        self._wrote()
+        return True
+
     def _wrote(self) -> None:
         self._since_checkpoint += 1
         if (self._since_checkpoint >= CHECKPOINT_EVERY and self._checkpointing is None
