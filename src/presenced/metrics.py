@@ -148,6 +148,8 @@ class TimedStore:
         attr = getattr(self._inner, name)
         if name in TIMED_STORE_OPS and callable(attr):
             return self._metrics._timed(name, attr)
+        if name == "write_now" and callable(attr):
+            return self._metrics._timed_now("write", attr)
         return attr
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -210,6 +212,22 @@ class Metrics:
             error = task.cancelled() or task.exception() is not None
             self._observe_op(op, t0, error=error)
             return task.result()
+
+        return call
+
+    def _timed_now(self, op: str, fn: Callable[..., bool]) -> Callable[..., bool]:
+        """A store's synchronous fast path (`write_now`): counted as `op` when it
+        did the work (True) or raised; False means the awaited `op` follows."""
+        def call(*args: Any) -> bool:
+            t0 = time.perf_counter()
+            try:
+                done = fn(*args)
+            except BaseException:
+                self._observe_op(op, t0, error=True)
+                raise
+            if done:
+                self._observe_op(op, t0, error=False)
+            return done
 
         return call
 
