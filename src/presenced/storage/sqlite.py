@@ -185,19 +185,11 @@ class SqliteStore(SqlStore):
         return await self._call(self._query, sql, params)
 
     async def _run(self, steps: list[Step]) -> list[int]:
-        if self._inflight == 0 and self._conn is not None and self._executor is not None:
-            try:
-                counts = self._transaction_nowait(steps)
-                self.inline_writes += 1
-                self._wrote()
-                return counts
-            except sqlite3.OperationalError as exc:
-                if not _locked(exc):
-                    raise
-                # another process writes: wait for the lock on the thread
-        self.thread_writes += 1
-        counts = await self._call(_retry_locked, self._transaction, steps)
-        self._wrote()
+        counts = self._write_inline(steps)
+        if counts is None:  # another process writes: wait for the lock on the thread
+            self.thread_writes += 1
+            counts = await self._call(_retry_locked, self._transaction, steps)
+            self._wrote()
         return counts
 
     def write_now(self, batch: Any) -> bool:
@@ -206,19 +198,30 @@ class SqliteStore(SqlStore):
         its commit; False: use `write` (the lock is held elsewhere, or busy)."""
         if batch.empty():
             return True
-        if self._inflight or self._conn is None or self._executor is None:
-            return False
         try:
-            self._transaction_nowait(self._steps(batch))
-        except sqlite3.OperationalError as exc:
-            if _locked(exc):
-                return False
-            raise StoreError(f"write failed on {self.url}: {self._reason(exc)}") from exc
+            return self._write_inline(self._steps(batch)) is not None
         except sqlite3.Error as exc:
             raise StoreError(f"write failed on {self.url}: {self._reason(exc)}") from exc
+
+    def _write_inline(self, steps: list[Step]) -> list[int] | None:
+        """Run `steps` as one transaction on the event loop thread if no call is on
+        the store's thread and the write lock is free at once (`busy_timeout` 0
+        for the attempt); None when it must wait on the thread instead."""
+        conn = self._conn
+        if self._inflight or conn is None or self._executor is None:
+            return None
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            counts = self._transaction(steps)
+        except sqlite3.OperationalError as exc:
+            if _locked(exc):
+                return None
+            raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         self.inline_writes += 1
         self._wrote()
-        return True
+        return counts
 
     def _wrote(self) -> None:
         self._since_checkpoint += 1
@@ -235,15 +238,6 @@ class SqliteStore(SqlStore):
         finally:
             self._since_checkpoint = 0
             self._checkpointing = None
-
-    def _transaction_nowait(self, steps: list[Step]) -> list[int]:
-        conn = self._conn
-        assert conn is not None
-        conn.execute("PRAGMA busy_timeout = 0")
-        try:
-            return self._transaction(steps)
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     async def _table_exists(self, name: str) -> bool:
         rows = await self._fetch("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))

@@ -72,8 +72,9 @@ class UdpListener(asyncio.DatagramProtocol):
 
 
 async def start_udp(host: str, port: int, on_message, sock: socket.socket | None = None) -> UdpListener:
-    """Listen on host:port, or on `sock` (bound by the supervisor and shared by
-    the worker processes: each datagram goes to whichever worker reads first)."""
+    """Listen on host:port, or on `sock`, bound by the supervisor of several
+    workers (this worker's socket of a steered SO_REUSEPORT group, or with
+    `udp_steering = "shared"` one socket every worker reads)."""
     loop = asyncio.get_running_loop()
     if sock is None:
         sock = udp_socket(host, port)
