@@ -23,9 +23,9 @@ async def test_pragmas(tmp_path):
         await store.close()
 
 
-async def test_wal_checkpoints_run_on_the_thread(tmp_path, monkeypatch):
+async def test_wal_checkpoints_run_off_the_loop(tmp_path, monkeypatch):
     """Writes commit on the event loop, but the WAL checkpoint (which fsyncs) is
-    never automatic there: one runs on the store's thread every CHECKPOINT_EVERY writes."""
+    never automatic there: one runs on its own thread every CHECKPOINT_EVERY writes."""
     from presenced.storage import sqlite as sqlite_store
 
     monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 5)
@@ -179,4 +179,76 @@ async def test_write_now_commits_at_once_or_declines(tmp_path):
         assert sorted(r.etag for r in await store.load_presentities(NOW)) == ["n1", "n2"]
         assert await store._fetch("PRAGMA busy_timeout") == [(5000,)]
     finally:
+        await store.close()
+
+
+async def test_checkpoint_runs_beside_inline_writes(tmp_path, monkeypatch):
+    """The WAL checkpoint has a connection and thread of its own: while one is
+    syncing the file, writes still commit inline on the loop (none waits for it)."""
+    import threading
+
+    from presenced.storage import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 3)
+    store = Store.from_url(f"sqlite://{tmp_path}/ck.db")
+    await store.connect()
+    started, release = threading.Event(), threading.Event()
+    real = store._checkpoint_once
+
+    def slow_checkpoint() -> None:
+        started.set()
+        release.wait(5)
+        real()
+
+    store._checkpoint_once = slow_checkpoint
+    try:
+        await store.ensure_schema()
+        for i in range(3):
+            await store.write(Batch(presentity_upserts=[pres(etag=f"a{i}")]))
+        await asyncio.sleep(0)
+        assert await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+        inline, threaded = store.inline_writes, store.thread_writes
+        for i in range(5):  # the checkpoint is still running
+            assert store.write_now(Batch(presentity_upserts=[pres(etag=f"b{i}")])) is True
+        await store.write(Batch(presentity_upserts=[pres(etag="c")]))
+        assert (store.inline_writes, store.thread_writes) == (inline + 6, threaded)
+        release.set()
+        for _ in range(100):
+            if store._checkpointing is None:
+                break
+            await asyncio.sleep(0.01)
+        assert store.checkpoints >= 1
+        assert len(await store.load_presentities(NOW)) == 9
+    finally:
+        release.set()
+        await store.close()
+
+
+async def test_locked_write_polls_in_short_steps(tmp_path, monkeypatch):
+    """While another process holds the write lock, the thread tries again after
+    50 µs, 100 µs, 200 µs ... (not SQLite's 1, 2, 5, 10 ms busy-handler sleeps)."""
+    from presenced.storage import sqlite as sqlite_store
+
+    store = Store.from_url(f"sqlite://{tmp_path}/poll.db")
+    await store.connect()
+    other = sqlite3.connect(tmp_path / "poll.db", isolation_level=None, check_same_thread=False)
+    try:
+        await store.ensure_schema()
+        other.execute("BEGIN IMMEDIATE")
+        waits: list[float] = []
+
+        def fake_sleep(delay: float) -> None:
+            waits.append(delay)
+            if len(waits) == 8:
+                other.execute("COMMIT")
+
+        monkeypatch.setattr(sqlite_store, "_sleep", fake_sleep)
+        threaded = store.thread_writes
+        await store.write(Batch(presentity_upserts=[pres(etag="p")]))
+        assert store.thread_writes == threaded + 1
+        assert waits == [0.00005, 0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.002, 0.002]
+        assert [r.etag for r in await store.load_presentities(NOW)] == ["p"]
+        assert await store._fetch("PRAGMA busy_timeout") == [(5000,)]
+    finally:
+        other.close()
         await store.close()

@@ -6,14 +6,20 @@ transaction (the hot path: a PUBLISH in write-through, a write-back flush)
 runs inline on the event loop thread instead when the connection is idle and
 the write lock is free at once (`busy_timeout` 0 for that attempt): handing
 it to the thread and back costs two wake-ups, more than a small WAL commit.
-When another process holds the lock it goes to the thread and waits there.
-WAL checkpoints (which fsync) never run inline: automatic checkpoints are off
-on our connection and one runs on the thread every CHECKPOINT_EVERY writes. Against other
-processes (Kamailio, a second presenced) WAL mode lets readers run beside the
-writer, write transactions start with BEGIN IMMEDIATE (no lock upgrades, hence
-no deadlock-style SQLITE_BUSY), busy_timeout waits 5 s for a lock, and a
-statement or transaction that still gets "database is locked" is retried
-for up to 30 s.
+When another process holds the lock it goes to the thread and waits there,
+polling every 50 µs-2 ms rather than with SQLite's own busy handler, which
+sleeps 1, 2, 5, 10 ms between tries while a WAL commit holds the lock for a
+fraction of a millisecond (its sleeps, not the lock, made the tail latency).
+WAL checkpoints (which fsync) never run inline and never on the store's
+thread: automatic checkpoints are off on our connection, and every
+CHECKPOINT_EVERY writes a PASSIVE checkpoint runs on a second connection and
+thread of its own, which in WAL mode does not block the writer, so commits
+stay inline while the file is synced. Against other processes (Kamailio, a
+second presenced) WAL mode lets readers run beside the writer, write
+transactions start with BEGIN IMMEDIATE (no lock upgrades, hence no
+deadlock-style SQLITE_BUSY), a write waits 5 s for the lock and a statement
+(busy_timeout 5 s) or transaction that still gets "database is locked" is
+retried for up to 30 s.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ log = logging.getLogger("presenced.storage.sqlite")
 BUSY_TIMEOUT_MS = 5000
 LOCKED_DEADLINE = 30.0  # seconds of "database is locked" retries before giving up
 CHECKPOINT_EVERY = 200  # write transactions between WAL checkpoints (SQLite's own default: ~1,000 pages)
+LOCK_POLL_FIRST = 0.00005  # seconds before a locked write tries again, doubling ...
+LOCK_POLL_MAX = 0.002      # ... up to this
+_sleep = time.sleep
 
 
 def sqlite_path(url: str) -> str:
@@ -86,6 +95,9 @@ class SqliteStore(SqlStore):
         self.checkpoints = 0
         self._since_checkpoint = 0
         self._checkpointing: asyncio.Task | None = None
+        # The checkpointer's own connection and thread, opened at the first checkpoint.
+        self._ckpt_executor: ThreadPoolExecutor | None = None
+        self._ckpt_conn: sqlite3.Connection | None = None
 
     # --- thread plumbing --------------------------------------------------------------
 
@@ -119,6 +131,19 @@ class SqliteStore(SqlStore):
             self._conn.close()
             self._conn = None
 
+    def _checkpoint_once(self) -> None:
+        """On the checkpointer's thread: PASSIVE copies what it can of the WAL into
+        the database (and syncs it) without taking the write lock or waiting."""
+        if self._ckpt_conn is None:
+            self._ckpt_conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._ckpt_conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._ckpt_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _close_checkpointer(self) -> None:
+        if self._ckpt_conn is not None:
+            self._ckpt_conn.close()
+            self._ckpt_conn = None
+
     def _query(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
         assert self._conn is not None
         return _retry_locked(lambda: self._conn.execute(sql, params).fetchall())
@@ -142,6 +167,26 @@ class SqliteStore(SqlStore):
             raise
         return counts
 
+    def _transaction_waiting(self, steps: list[Step]) -> list[int]:
+        """On the store's thread: the transaction, tried again every 50 µs-2 ms
+        while another process holds the write lock, for up to busy_timeout."""
+        conn = self._conn
+        assert conn is not None
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        delay = LOCK_POLL_FIRST
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            while True:
+                try:
+                    return self._transaction(steps)
+                except sqlite3.OperationalError as exc:
+                    if not _locked(exc) or time.monotonic() > deadline:
+                        raise
+                _sleep(delay)
+                delay = min(delay * 2, LOCK_POLL_MAX)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
     # --- Store ------------------------------------------------------------------------
 
     async def connect(self) -> None:
@@ -161,6 +206,12 @@ class SqliteStore(SqlStore):
                 await self._checkpointing
             except BaseException:  # noqa: BLE001 - closing anyway
                 pass
+        ckpt, self._ckpt_executor = self._ckpt_executor, None
+        if ckpt is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(ckpt, self._close_checkpointer)
+            finally:
+                ckpt.shutdown(wait=False)
         executor, self._executor = self._executor, None
         if executor is None:
             return
@@ -188,7 +239,7 @@ class SqliteStore(SqlStore):
         counts = self._write_inline(steps)
         if counts is None:  # another process writes: wait for the lock on the thread
             self.thread_writes += 1
-            counts = await self._call(_retry_locked, self._transaction, steps)
+            counts = await self._call(_retry_locked, self._transaction_waiting, steps)
             self._wrote()
         return counts
 
@@ -231,7 +282,9 @@ class SqliteStore(SqlStore):
 
     async def _checkpoint(self) -> None:
         try:
-            await self._call(self._query, "PRAGMA wal_checkpoint(PASSIVE)", ())
+            if self._ckpt_executor is None:
+                self._ckpt_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="presenced-sqlite-ckpt")
+            await asyncio.get_running_loop().run_in_executor(self._ckpt_executor, self._checkpoint_once)
             self.checkpoints += 1
         except Exception as exc:  # noqa: BLE001 - the next write tries again
             log.debug("WAL checkpoint on %s failed: %s", self.url, exc)
