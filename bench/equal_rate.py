@@ -8,7 +8,12 @@ compares a saturated Kamailio with a nearly idle presenced. This script runs
 the harness's SIPp scenarios at one fixed rate below Kamailio's maximum
 against both servers, interleaved and repeated, and reports the median server
 CPU per unit (process tree, /proc utime+stime over the SIPp run), failed calls
-and the server's 5xx answers.
+and the latency percentiles the harness reports (SIPp's <log> lines, the
+same transactions: A PUBLISH->200, B each PUBLISH, C SUBSCRIBE->NOTIFY and
+un-SUBSCRIBE->NOTIFY, E each transaction). At a rate near Kamailio's maximum
+this gives the p99 of both servers under the same load, which the harness
+does not measure (it compares each at its own maximum, and at a low
+reference rate).
 
   python bench/equal_rate.py --storage sqlite                       # A,B,C,E at the default rates
   python bench/equal_rate.py --storage sqlite --repeat 3 --workers 2 --scenarios A,B
@@ -36,6 +41,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 HARNESS = os.environ.get("PRESENCED_BENCH_HARNESS", os.path.join(ROOT, "..", "shared", "bench"))
+
+# scenario -> SIPp <log> names the harness takes its latency from
+LATENCY = {"A": ["PUB"], "B": ["PUB1", "PUB2", "PUB3"], "C": ["SUB", "UNSUB-terminated"],
+           "E": ["MPUB", "MSUB", "MUNSUB-terminated", "MPUBRM"]}
+harness = None  # the shared harness module, imported by main()
 
 # scenario -> (SIPp file, units per call, default calls/s); rates stay under
 # Kamailio WITH_SQLITE's maxima on a 2-core VM (A 105, B 264 PUBLISH/s, C 148 dialogs/s).
@@ -102,7 +112,7 @@ def _sipp(scen: str, rate: float, calls: int, tdir: str) -> dict:
     cmd = ["sipp", "-sf", os.path.join(HARNESS, "scenarios", xml), "-inf", os.path.join(HARNESS, "data", "users.csv"),
            "-i", "127.0.0.1", "-p", "5061", "-cp", "5071", "-t", "u1", "-r", f"{rate:g}", "-m", str(calls),
            "-l", str(max(10, int(rate * 4))), "-nostdin", "-timeout", "120s", "-recv_timeout", "5000",
-           "-default_behaviors", "all,-bye", "-aa", "-buff_size", "4194304", "-trace_stat", "-stf", stat,
+           "-default_behaviors", "all,-bye", "-aa", "-buff_size", "4194304", "-trace_stat", "-stf", stat, "-trace_logs",
            "127.0.0.1:5060"]
     with open(os.path.join(tdir, "sipp.stdout"), "wb") as out:
         rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tdir).returncode
@@ -112,7 +122,15 @@ def _sipp(scen: str, rate: float, calls: int, tdir: str) -> dict:
     def col(name: str) -> int:
         return int(last[hdr.index(name)])
 
-    return {"rc": rc, "ok": col("SuccessfulCall(C)"), "failed": col("FailedCall(C)")}
+    lat: list[float] = []
+    for name in os.listdir(tdir):
+        if name.endswith("_logs.log"):
+            for vals in harness.parse_log(os.path.join(tdir, name), LATENCY[scen]).values():
+                lat += vals
+            os.remove(os.path.join(tdir, name))
+    p = harness.pcts(lat)
+    return {"rc": rc, "ok": col("SuccessfulCall(C)"), "failed": col("FailedCall(C)"),
+            "p50_us": p.get("p50_us"), "p99_us": p.get("p99_us")}
 
 
 def run_one(label: str, server, scen: str, rate: float, seconds: float, tdir: str) -> dict:
@@ -131,7 +149,8 @@ def run_one(label: str, server, scen: str, rate: float, seconds: float, tdir: st
     r = {"server": label, "scenario": scen, "rate": rate, "calls": calls, **s, "cpu_s": round(c1 - c0, 3),
          "wall_s": round(t1 - t0, 2), "cpu_us_per_unit": round(1e6 * (c1 - c0) / units, 1) if units else None}
     print(f"  {label:18s} {scen} r={rate:g}/s ok={s['ok']}/{calls} failed={s['failed']} "
-          f"cpu={r['cpu_s']:.2f}s -> {r['cpu_us_per_unit']} us/{UNITS[scen]}", flush=True)
+          f"cpu={r['cpu_s']:.2f}s -> {r['cpu_us_per_unit']} us/{UNITS[scen]} p50={r['p50_us']} p99={r['p99_us']} us",
+          flush=True)
     return r
 
 
@@ -147,8 +166,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
 
+    global harness
     sys.path.insert(0, HARNESS)
-    import run as harness  # the shared harness's Server (Kamailio config, SQLite schema)
+    import run as harness  # the shared harness's Server (Kamailio config, SQLite schema), latency parsing
 
     rates = {k: float(v) for k, v in (p.split("=") for p in a.rates.split(",") if p)}
     scens = [s for s in a.scenarios.split(",") if s]
@@ -177,23 +197,34 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    md = [f"# Server CPU per unit at equal offered rates ({a.storage})", "",
+    md = [f"# Server CPU per unit and latency at equal offered rates ({a.storage})", "",
           f"- date: {stamp}; host: {os.uname().nodename}, {os.cpu_count()} CPUs",
           f"- command: `python bench/equal_rate.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
           f"- presenced: `{ours_cmd}`",
           f"- Kamailio: the shared harness's `{kam_name}` (8 children); {a.repeat} interleaved runs of "
           f"{a.seconds:g} s per scenario; medians", "",
-          "| scenario | rate (calls/s) | Kamailio µs/unit | presenced µs/unit | ratio | Kamailio failed calls | presenced failed calls |",
-          "|---|---|---|---|---|---|---|"]
+          "| scenario | rate (calls/s) | Kamailio µs/unit | presenced µs/unit | ratio | "
+          "p50 ms Kamailio / presenced | p99 ms Kamailio / presenced | p99 ratio | "
+          "Kamailio failed calls | presenced failed calls |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
     for scen in scens:
         k = [r for r in rows if r["scenario"] == scen and r["server"] == kam_name]
         o = [r for r in rows if r["scenario"] == scen and r["server"] == "presenced"]
         km = statistics.median(r["cpu_us_per_unit"] or 0 for r in k)
         om = statistics.median(r["cpu_us_per_unit"] or 0 for r in o)
+        lat = {}
+        for q in ("p50_us", "p99_us"):
+            kv = [r[q] for r in k if r.get(q) is not None]
+            ov = [r[q] for r in o if r.get(q) is not None]
+            lat[q] = (statistics.median(kv) / 1000 if kv else float("nan"),
+                      statistics.median(ov) / 1000 if ov else float("nan"))
+        p99r = lat["p99_us"][1] / lat["p99_us"][0] if lat["p99_us"][0] else float("nan")
         md.append(f"| {scen} ({UNITS[scen]}) | {k[0]['rate']:g} | {km:,.0f} | {om:,.0f} | "
-                  f"{om / km if km else float('nan'):.2f}x | {sum(r['failed'] for r in k)} / {sum(r['calls'] for r in k)} | "
+                  f"{om / km if km else float('nan'):.2f}x | {lat['p50_us'][0]:.2f} / {lat['p50_us'][1]:.2f} | "
+                  f"{lat['p99_us'][0]:.2f} / {lat['p99_us'][1]:.2f} | {p99r:.2f}x | {sum(r['failed'] for r in k)} / {sum(r['calls'] for r in k)} | "
                   f"{sum(r['failed'] for r in o)} / {sum(r['calls'] for r in o)} |")
     md += ["", "CPU = utime+stime of the server's process tree during the SIPp run (/proc, 10 ms ticks).",
+           "Latency = SIPp's <log> lines of the harness's scenarios, client side, medians of the runs' percentiles.",
            "A failed call is one SIPp counted as failed (e.g. Kamailio's 500 \"database is locked\")."]
     text = "\n".join(md) + "\n"
     with open(os.path.join(out, "RESULTS.md"), "w") as f:

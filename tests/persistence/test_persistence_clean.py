@@ -9,9 +9,12 @@ process) are swept as well. Hard-state rows (expires = -1) stay.
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 
-from persist_support import Database, aor, pidf, uid
+from persist_support import HOST, Database, aor, pidf, uid
+from sipclient import free_port
 
 
 def wait_for(pred, timeout: float, what: str) -> None:
@@ -25,10 +28,11 @@ def wait_for(pred, timeout: float, what: str) -> None:
 
 def test_clean_period_purges_expired_rows(tmp_path, servers, uas):
     db = Database.open("sqlite", tmp_path)
+    http = free_port()
     srv = servers.start(
         "--set", "presence.clean_period=1", "--set", "presence.subs_db_mode=2",
         "--set", "presence.db_update_period=100", "--set", "presence.min_expires=1",
-        "--set", "presence_xml.force_active=1", db=db,
+        "--set", "presence_xml.force_active=1", "--http", f"{HOST}:{http}", db=db,
     )
     now = int(time.time())
     stale, hard = uid("stale"), uid("hard")
@@ -63,8 +67,15 @@ def test_clean_period_purges_expired_rows(tmp_path, servers, uas):
     r, long_dlg = w.subscribe(aor(long_), expires=600)
     assert r.status == 200
     ua = uas(srv.port, "alice")
-    assert ua.publish(aor(short), pidf(aor(short), "s"), expires=2).status == 200  # commits the subscriptions too
+    assert ua.publish(aor(short), pidf(aor(short), "s"), expires=2).status == 200
     assert ua.publish(aor(long_), pidf(aor(long_), "l"), expires=600).status == 200
+    # write-back: the subscriptions reach the table with the next flush (the
+    # PUBLISHes' commits carry only publications); this RPC flushes first
+    req = urllib.request.Request(f"http://{HOST}:{http}/RPC", method="POST", data=json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": "presence.publish_cache_sync", "params": []}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert json.loads(resp.read()).get("result") == "OK"
 
     def present(table: str, col: str, value: str) -> int:
         return db.count(table, f"{col} = ?", (value,))

@@ -140,3 +140,76 @@ async def test_stop_does_not_hang_on_a_dead_database():
     await asyncio.wait_for(p.stop(), 5)
     assert asyncio.get_running_loop().time() - t0 < 2
     assert not p.healthy
+
+
+class _Taken:
+    """What build_batch was handed (stands in for a storage.Batch)."""
+
+    def __init__(self, j: Journal, wall: float) -> None:
+        self.pubs, self.subs, self.auth = set(j.pubs), set(j.subs), set(j.auth)
+
+    def empty(self) -> bool:
+        return not (self.pubs or self.subs or self.auth)
+
+
+class NowStore(FlakyStore):
+    """A store with SQLite's synchronous fast path; `busy` = the lock is held elsewhere."""
+
+    busy = False
+
+    def write_now(self, batch) -> bool:
+        if self.mode == "fail":
+            raise OSError("disk I/O error")
+        if self.busy:
+            return False
+        self.batches.append(batch)
+        return True
+
+
+def _pub_and_sub(engine, n: int) -> None:
+    engine.journal.pubs[f"etag{n}"] = object()
+    engine.journal.subs[(f"call{n}", "ft", "tt")] = (object(), True)
+    change(engine, n)
+
+
+@pytest.mark.parametrize("subs_db_mode,written_now", [(2, ({"etag1"}, set(), set())),
+                                                       (1, ({"etag1"}, {("call1", "ft", "tt")},
+                                                            {("sip:p1@example.com", "presence", "sip:w1@example.com")}))])
+async def test_write_through_commit_takes_only_what_replies_wait_for(monkeypatch, subs_db_mode, written_now):
+    """In write-back subscription mode a PUBLISH's commit writes the publication
+    only; NOTIFY CSeq/version and authorization changes wait for the periodic flush."""
+    monkeypatch.setattr(pmod, "build_batch", _Taken)
+    store = NowStore()
+    p, engine, sent = make(store, subs_db_mode)
+    _pub_and_sub(engine, 1)
+    assert p.needs_sync()
+    assert p.commit_now() is True            # synchronous: no task, nothing held
+    assert p._writer is None and p.commits == 1
+    b = store.batches[-1]
+    assert (b.pubs, b.subs, b.auth) == written_now
+    if subs_db_mode == 2:
+        assert not p.needs_sync() and engine.journal.subs and engine.journal.auth
+        assert await p.flush()               # the periodic write-back flush takes the rest
+        assert store.batches[-1].subs == {("call1", "ft", "tt")} and not engine.journal
+
+
+async def test_commit_now_declines_and_leaves_the_journal_as_it_was(monkeypatch):
+    monkeypatch.setattr(pmod, "build_batch", _Taken)
+    store = NowStore()
+    p, engine, sent = make(store, 2)
+    _pub_and_sub(engine, 1)
+    store.busy = True                        # another process holds the lock
+    assert p.commit_now() is False
+    assert set(engine.journal.pubs) == {"etag1"} and engine.journal.subs and p.healthy
+    p.hold(["reply"])                        # the caller's fallback: the awaited write
+    store.busy = False
+    await until(lambda: sent == ["reply"])
+    assert store.batches[-1].pubs == {"etag1"} and not store.batches[-1].subs
+    assert p.commit_now() is True            # nothing urgent left: nothing to write
+    store.mode = "fail"
+    _pub_and_sub(engine, 2)
+    assert p.commit_now() is False and not p.healthy   # an outage: replies stop waiting
+    assert "etag2" in engine.journal.pubs
+    p.hold(["reply-2"])
+    assert sent[-1] == "reply-2"
+    await p.stop()

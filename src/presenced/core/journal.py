@@ -48,3 +48,12 @@ class Journal:
         out.subs, self.subs = self.subs, {}
         out.auth, self.auth = self.auth, {}
         return out
+
+    def take_publications(self) -> "Journal":
+        """Hand over only the publication changes (a write-through commit of a
+        PUBLISH in write-back subscription mode: the NOTIFYs' CSeq and version
+        updates wait for the periodic flush instead of riding on every PUBLISH)."""
+        out = Journal()
+        out.pubs, self.pubs = self.pubs, {}
+        out.pub_deletes, self.pub_deletes = self.pub_deletes, {}
+        return out

@@ -335,6 +335,40 @@ class Persistence:
             return True
         return bool(j.subs or j.auth) and self.subs_db_mode in (1, 3)
 
+    def commit_now(self) -> bool:
+        """Commit the journal here, in the same loop pass as the request, when no
+        write is in flight and the store can commit at once (SQLite with the lock
+        free): True, and what the caller holds may leave now. False: hold() it
+        (another write is running or waiting, an outage, no such store, or the
+        lock is taken) — the journal is then as it was."""
+        if self.held or not self.healthy or self._lock.locked() or (
+                self._writer is not None and not self._writer.done()):
+            return False
+        write_now = getattr(self.store, "write_now", None)
+        j = self.engine.journal
+        if write_now is None or j is None:
+            return False
+        taken = self._take_urgent(j)
+        if not self.persist_publications:
+            taken.pubs.clear()
+            taken.pub_deletes.clear()
+        if not self.persist_subscriptions:
+            taken.subs.clear()
+        batch = build_batch(taken, self.engine.wall_offset)
+        if batch.empty():
+            return True
+        try:
+            done = write_now(batch)
+        except Exception as e:  # as for an awaited write: answer now, retry the changes later
+            self._failed(e)
+            self._merge_back(taken)
+            return False
+        if not done:
+            self._merge_back(taken)
+            return False
+        self.commits += 1
+        return True
+
     def hold(self, items: list) -> None:
         """Queue outbox items until the current journal is committed."""
         if not self.healthy and not self.held:
@@ -351,7 +385,7 @@ class Persistence:
     async def _write_loop(self) -> None:
         while True:
             items, self.held = self.held, []
-            ok = await self.flush()
+            ok = await self.flush(urgent=True)
             self.send(items)
             if not ok:
                 # Release what queued meanwhile too; the retry timer takes over.
@@ -361,11 +395,18 @@ class Persistence:
             if not self.held and not self.needs_sync():
                 return
 
-    async def flush(self) -> bool:
-        """Write the journal in one transaction; False if it failed (it will be retried)."""
+    def _take_urgent(self, j: Journal) -> Journal:
+        """What a write-through commit writes: everything, except that in
+        write-back subscription mode (subs_db_mode 2) subscription and
+        authorization changes stay for the periodic flush."""
+        return j.take_publications() if self.subs_db_mode == 2 else j.take()
+
+    async def flush(self, urgent: bool = False) -> bool:
+        """Write the journal in one transaction (`urgent`: only what replies wait
+        for, see _take_urgent); False if it failed (it will be retried)."""
         async with self._lock:
             j = self.engine.journal
-            taken = j.take() if j else None
+            taken = (self._take_urgent(j) if urgent else j.take()) if j else None
             if taken is not None:
                 if not self.persist_publications:
                     taken.pubs.clear()

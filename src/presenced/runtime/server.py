@@ -35,6 +35,8 @@ CREDENTIALS_LOOKUP_TIMEOUT = 2.0
 
 #: How late (s) the runtime may run a core deadline (SIP timers are >= 500 ms).
 TIMER_SLACK = 0.005
+FANOUT_CHUNK = 16   # NOTIFYs of one fan-out built before they are sent ...
+FANOUT_PASS = 256   # ... and sent before other callbacks get the loop
 
 
 _IP_SEEN: set[str] = set()
@@ -79,7 +81,7 @@ class Server:
     def __init__(self, cfg: Any = None, listen: list[str] | None = None, core: SipCore | None = None) -> None:
         self.cfg = cfg
         self.core = core or SipCore(cfg)
-        self.core.fanout_batch = 200  # then yield to the loop (see _flush)
+        self.core.fanout_batch = FANOUT_CHUNK  # the rest streams from _flush
         self._draining = False
         self.stopping = False  # SIGTERM: requests are no longer taken, responses still are
         self.listen_specs = [parse_listen(s) for s in (listen or ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060"])]
@@ -497,28 +499,44 @@ class Server:
 
     # ----------------------------------------------------------------- send
     def _flush(self) -> None:
+        self._send_outbox()
+        engine = self.core.engine
+        if engine._fanout and not self._draining:
+            # Stream the fan-out: each chunk leaves as soon as it is built, so the
+            # watchers' user agents work on the first NOTIFYs while the rest are
+            # built; after FANOUT_PASS the loop gets a turn (call_soon).
+            assert self.loop is not None
+            now = self.loop.time()
+            budget = FANOUT_PASS
+            while engine._fanout and budget > 0:
+                engine.drain_fanout(now, FANOUT_CHUNK)
+                budget -= FANOUT_CHUNK
+                self._send_outbox()
+            if engine._fanout:
+                self._draining = True
+                self.loop.call_soon(self._drain_fanout)
+        self._arm_timer()
+
+    def _send_outbox(self) -> None:
         outbox = self.core.outbox
+        p = self.persistence
         if outbox:
             items = outbox[:]
             outbox.clear()
-            p = self.persistence
             if p is not None and (p.held or p.needs_sync() or (p._writer is not None and not p._writer.done())):
-                p.hold(items)  # write-through: released after the commit, in order
+                # write-through: after the commit, in order; made here when the store can
+                if p.commit_now():
+                    self._send_items(items)
+                else:
+                    p.hold(items)
             else:
                 self._send_items(items)
-        elif self.persistence is not None and self.persistence.needs_sync():
-            self.persistence.hold([])
-        self._arm_timer()
-        if self.core.engine._fanout and not self._draining:
-            self._draining = True
-            assert self.loop is not None
-            self.loop.call_soon(self._drain_fanout)
+        elif p is not None and p.needs_sync() and not p.commit_now():
+            p.hold([])
 
     def _drain_fanout(self) -> None:
-        """Next batch of a large fan-out, after other ready callbacks had their turn."""
+        """Next pass of a large fan-out, after other ready callbacks had their turn."""
         self._draining = False
-        assert self.loop is not None
-        self.core.engine.drain_fanout(self.loop.time(), self.core.fanout_batch)
         self._flush()
 
     def _send_items(self, items: list) -> None:

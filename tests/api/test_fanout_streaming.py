@@ -1,0 +1,85 @@
+"""A fan-out leaves in chunks as it is built (the watchers' user agents start on
+the first NOTIFYs while the rest are built), and a write-through commit that
+SQLite can make at once is made in the same loop pass as the PUBLISH."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+from api_support import HOST, LiveServer, pidf, uid
+from sipclient import SipClient
+
+from presenced.runtime import server as runtime_server
+
+
+def _record_sends(srv: LiveServer) -> list[int]:
+    """Sizes of the runtime's successive send batches (wrapped in the server's loop)."""
+    sizes: list[int] = []
+    s = srv.server
+    real = s._send_items
+
+    def recording(items: list) -> None:
+        sizes.append(len(items))
+        real(items)
+
+    srv.in_loop(setattr, s, "_send_items", recording)
+    return sizes
+
+
+def test_fanout_streams_in_chunks_and_yields_after_a_pass():
+    srv = LiveServer().start()
+    try:
+        pres = f"sip:{uid('p')}@{HOST}"
+        n = runtime_server.FANOUT_PASS + 44  # one full pass, then a second after the loop's turn
+        with SipClient(srv.port, user="w") as watcher, SipClient(srv.port, user="pub") as publisher:
+            for _ in range(n):
+                resp, _d = watcher.subscribe(pres)
+                assert resp.status == 200
+                watcher.expect_notify()
+            sizes = _record_sends(srv)
+            assert publisher.publish(pres, pidf(pres, note="streamed")).status == 200
+            got = 0
+            while got < n:
+                note = watcher.expect_notify(timeout=5)
+                got += b"streamed" in note.body
+            assert got == n
+        chunk, per_pass = runtime_server.FANOUT_CHUNK, runtime_server.FANOUT_PASS
+        # the 200 OK leaves with the first chunk, then chunk after chunk, never all at the end
+        assert sizes[0] == 1 + chunk, sizes
+        assert sizes[1:1 + per_pass // chunk] == [chunk] * (per_pass // chunk), sizes
+        assert sum(sizes[:1 + per_pass // chunk + 10]) >= n + 1
+    finally:
+        srv.stop()
+
+
+def test_write_through_commits_before_the_200_without_a_writer_task(tmp_path):
+    db = tmp_path / "wt.sqlite"
+    srv = LiveServer(db_url=f"sqlite://{db}", **{"presence.publ_cache": 1}).start()
+    try:
+        p = srv.server.persistence
+        pres_user = uid("p")
+        pres = f"sip:{pres_user}@{HOST}"
+        commits = p.commits
+        with SipClient(srv.port, user="pub") as publisher:
+            assert publisher.publish(pres, pidf(pres, note="now")).status == 200
+            # written before the 200, in the same loop pass: no writer task was needed
+            with sqlite3.connect(db) as c:
+                assert c.execute("SELECT count(*) FROM presentity WHERE username = ?", (pres_user,)).fetchone() == (1,)
+            assert srv.in_loop(lambda: p._writer) is None
+            assert p.commits == commits + 1
+
+            # another process holds the write lock: the 200 waits for the commit
+            other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+            other.execute("BEGIN IMMEDIATE")
+            threading.Timer(0.6, other.execute, ("COMMIT",)).start()
+            t0 = time.monotonic()
+            second = uid("q")
+            assert publisher.publish(f"sip:{second}@{HOST}", pidf(f"sip:{second}@{HOST}"), timeout=5).status == 200
+            assert time.monotonic() - t0 >= 0.5
+            with sqlite3.connect(db) as c:
+                assert c.execute("SELECT count(*) FROM presentity WHERE username = ?", (second,)).fetchone() == (1,)
+            other.close()
+    finally:
+        srv.stop()
