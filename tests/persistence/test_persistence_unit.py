@@ -175,16 +175,22 @@ def _pub_and_sub(engine, n: int) -> None:
 @pytest.mark.parametrize("subs_db_mode,written_now", [(2, ({"etag1"}, set(), set())),
                                                        (1, ({"etag1"}, {("call1", "ft", "tt")},
                                                             {("sip:p1@example.com", "presence", "sip:w1@example.com")}))])
-async def test_write_through_commit_takes_only_what_replies_wait_for(monkeypatch, subs_db_mode, written_now):
-    """In write-back subscription mode a PUBLISH's commit writes the publication
-    only; NOTIFY CSeq/version and authorization changes wait for the periodic flush."""
+async def test_write_through_commit_at_the_end_of_the_pass(monkeypatch, subs_db_mode, written_now):
+    """Held replies are committed for at the end of the loop pass, in one
+    transaction, without a task when the store can commit at once; in
+    write-back subscription mode that commit carries the publications only
+    (NOTIFY CSeq/version and authorization changes wait for the periodic flush)."""
     monkeypatch.setattr(pmod, "build_batch", _Taken)
     store = NowStore()
     p, engine, sent = make(store, subs_db_mode)
     _pub_and_sub(engine, 1)
     assert p.needs_sync()
-    assert p.commit_now() is True            # synchronous: no task, nothing held
-    assert p._writer is None and p.commits == 1
+    p.hold(["reply-1"])
+    p.hold(["reply-2"])                      # a second request of the same pass
+    assert sent == [] and p.commit_pending()
+    await asyncio.sleep(0)
+    assert sent == ["reply-1", "reply-2"] and not p.commit_pending()
+    assert p._writer is None and p.commits == 1 and len(store.batches) == 1
     b = store.batches[-1]
     assert (b.pubs, b.subs, b.auth) == written_now
     if subs_db_mode == 2:
@@ -193,23 +199,25 @@ async def test_write_through_commit_takes_only_what_replies_wait_for(monkeypatch
         assert store.batches[-1].subs == {("call1", "ft", "tt")} and not engine.journal
 
 
-async def test_commit_now_declines_and_leaves_the_journal_as_it_was(monkeypatch):
+async def test_end_of_pass_commit_falls_back_to_the_write_loop(monkeypatch):
     monkeypatch.setattr(pmod, "build_batch", _Taken)
     store = NowStore()
     p, engine, sent = make(store, 2)
     _pub_and_sub(engine, 1)
-    store.busy = True                        # another process holds the lock
-    assert p.commit_now() is False
-    assert set(engine.journal.pubs) == {"etag1"} and engine.journal.subs and p.healthy
-    p.hold(["reply"])                        # the caller's fallback: the awaited write
-    store.busy = False
+    store.busy = True                        # another process holds the lock: the write is awaited
+    p.hold(["reply"])
+    await asyncio.sleep(0)
+    assert p._writer is not None             # handed to the write loop, journal intact
     await until(lambda: sent == ["reply"])
     assert store.batches[-1].pubs == {"etag1"} and not store.batches[-1].subs
-    assert p.commit_now() is True            # nothing urgent left: nothing to write
-    store.mode = "fail"
+    store.busy = False
+    store.mode = "fail"                      # an outage: replies stop waiting
     _pub_and_sub(engine, 2)
-    assert p.commit_now() is False and not p.healthy   # an outage: replies stop waiting
-    assert "etag2" in engine.journal.pubs
     p.hold(["reply-2"])
-    assert sent[-1] == "reply-2"
+    await asyncio.sleep(0)
+    assert sent[-1] == "reply-2" and not p.healthy
+    assert "etag2" in engine.journal.pubs    # kept for the retry
+    store.mode = "ok"
+    await until(lambda: p.healthy)           # the retry timer writes it
+    assert "etag2" not in engine.journal.pubs
     await p.stop()

@@ -268,6 +268,7 @@ class Persistence:
         self.send = send
         self.held: list = []            # outbox items waiting for their commit
         self._writer: asyncio.Task | None = None
+        self._soon: asyncio.Handle | None = None  # the end-of-pass commit (see hold)
         self._tasks: list[asyncio.Task] = []
         self._lock = asyncio.Lock()     # one transaction at a time, in journal order
         self._retry_handle: asyncio.TimerHandle | None = None
@@ -335,15 +336,45 @@ class Persistence:
             return True
         return bool(j.subs or j.auth) and self.subs_db_mode in (1, 3)
 
-    def commit_now(self) -> bool:
-        """Commit the journal here, in the same loop pass as the request, when no
-        write is in flight and the store can commit at once (SQLite with the lock
-        free): True, and what the caller holds may leave now. False: hold() it
-        (another write is running or waiting, an outage, no such store, or the
-        lock is taken) — the journal is then as it was."""
-        if self.held or not self.healthy or self._lock.locked() or (
-                self._writer is not None and not self._writer.done()):
-            return False
+    def commit_pending(self) -> bool:
+        """Is a commit scheduled for the end of this loop pass (see hold)?"""
+        return self._soon is not None
+
+    def hold(self, items: list) -> None:
+        """Queue outbox items until the current journal is committed: at the end
+        of this loop pass (one transaction for every request the pass read), or
+        by the write loop when that commit cannot be made at once."""
+        if not self.healthy and not self.held:
+            # Outage: answer now; the journal is written when the database is back.
+            self.send(items)
+            return
+        self.held.extend(items)
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._writer is not None and not self._writer.done():
+            return  # the running write loop takes what is held
+        if self._soon is None:
+            self._soon = asyncio.get_running_loop().call_soon(self._commit_soon)
+
+    def _commit_soon(self) -> None:
+        """After the loop pass's datagrams: commit here, without a task, when the
+        store can commit at once (SQLite with the lock free), then release what
+        waited; otherwise hand over to the write loop (it awaits the write)."""
+        self._soon = None
+        if self._writer is not None and not self._writer.done():
+            return
+        done = self.healthy and not self._lock.locked() and self._commit_sync()
+        if done or not self.healthy:  # committed, or an outage began: answer now
+            items, self.held = self.held, []
+            self.send(items)
+            return
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    def _commit_sync(self) -> bool:
+        """Commit the urgent part of the journal through the store's synchronous
+        fast path (`write_now`); False, with the journal as it was, when the
+        store has none or declines (lock held elsewhere), or the write failed."""
         write_now = getattr(self.store, "write_now", None)
         j = self.engine.journal
         if write_now is None or j is None:
@@ -368,19 +399,6 @@ class Persistence:
             return False
         self.commits += 1
         return True
-
-    def hold(self, items: list) -> None:
-        """Queue outbox items until the current journal is committed."""
-        if not self.healthy and not self.held:
-            # Outage: answer now; the journal is written when the database is back.
-            self.send(items)
-            return
-        self.held.extend(items)
-        self._kick()
-
-    def _kick(self) -> None:
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     async def _write_loop(self) -> None:
         while True:
@@ -471,7 +489,8 @@ class Persistence:
 
     def _retry(self) -> None:
         self._retry_handle = None
-        self._kick()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     def _merge_back(self, taken: Journal) -> None:
         j = self.engine.journal

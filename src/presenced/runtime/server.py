@@ -480,9 +480,10 @@ class Server:
             elif self.core.engine._fanout:
                 await asyncio.sleep(0)  # the drain runs from call_soon
             elif p.held or p.needs_sync():
-                p.hold([])  # starts the writer (or, during an outage, lets go)
+                p.hold([])  # commits at the end of this pass (or, during an outage, lets go)
                 if not p.healthy:
                     return
+                await asyncio.sleep(0)
             else:
                 return
 
@@ -502,10 +503,18 @@ class Server:
         self._send_outbox()
         engine = self.core.engine
         if engine._fanout and not self._draining:
+            assert self.loop is not None
+            p = self.persistence
+            if p is not None and p.commit_pending():
+                # The reply (and the state the NOTIFYs carry) waits for the commit
+                # at the end of this pass: stream after it, not into its queue.
+                self._draining = True
+                self.loop.call_soon(self._drain_fanout)
+                self._arm_timer()
+                return
             # Stream the fan-out: each chunk leaves as soon as it is built, so the
             # watchers' user agents work on the first NOTIFYs while the rest are
             # built; after FANOUT_PASS the loop gets a turn (call_soon).
-            assert self.loop is not None
             now = self.loop.time()
             budget = FANOUT_PASS
             while engine._fanout and budget > 0:
@@ -524,14 +533,10 @@ class Server:
             items = outbox[:]
             outbox.clear()
             if p is not None and (p.held or p.needs_sync() or (p._writer is not None and not p._writer.done())):
-                # write-through: after the commit, in order; made here when the store can
-                if p.commit_now():
-                    self._send_items(items)
-                else:
-                    p.hold(items)
+                p.hold(items)  # write-through: released after the commit, in order
             else:
                 self._send_items(items)
-        elif p is not None and p.needs_sync() and not p.commit_now():
+        elif p is not None and p.needs_sync():
             p.hold([])
 
     def _drain_fanout(self) -> None:
