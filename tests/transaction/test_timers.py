@@ -199,3 +199,27 @@ def test_delay_queue_goes_on_after_a_failing_callback():
         pass
     heap.run_due(3.0)
     assert seen == ["bad", "good"]
+
+
+def test_cancel_lets_go_of_the_callback_and_its_arguments():
+    """A cancelled entry waits in the heap until its time; what it would have
+    run (a bound method, its object, the arguments) must not wait with it."""
+    import gc
+    import weakref
+
+    class Owner:
+        def fire(self, now: float, arg: object) -> None:
+            raise AssertionError("cancelled timer fired")
+
+    class Arg:
+        pass
+
+    heap = TimerHeap()
+    owner, arg = Owner(), Arg()
+    h = heap.schedule(30.0, owner.fire, arg)
+    refs = weakref.ref(owner), weakref.ref(arg)
+    h.cancel()
+    del owner, arg
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
+    assert heap.run_due(31.0) == 0

@@ -19,6 +19,10 @@ from collections import deque
 from typing import Any, Callable
 
 
+def _never_called(*args: Any) -> None:
+    """What a cancelled handle holds instead of its callback."""
+
+
 class TimerHandle:
     __slots__ = ("when", "callback", "args", "cancelled")
 
@@ -29,8 +33,11 @@ class TimerHandle:
         self.cancelled = False
 
     def cancel(self) -> None:
-        # The entry stays in the heap until its time: let go of what it would run.
+        # The entry stays in the heap until its time: let go of what it would run
+        # (a bound method and its arguments would otherwise live on, GC-tracked,
+        # until the deadline: Timer F of every answered NOTIFY for 32 s).
         self.cancelled = True
+        self.callback = _never_called
         self.args = ()
 
 
