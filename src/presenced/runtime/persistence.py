@@ -351,8 +351,16 @@ class Persistence:
         self.held.extend(items)
         self._kick()
 
+    def writing(self) -> bool:
+        """Is the write loop running (it takes whatever is held meanwhile)?"""
+        return self._writer is not None and not self._writer.done()
+
+    def _start_writer(self) -> None:
+        if not self.writing():
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
     def _kick(self) -> None:
-        if self._writer is not None and not self._writer.done():
+        if self.writing():
             return  # the running write loop takes what is held
         if self._soon is None:
             self._soon = asyncio.get_running_loop().call_soon(self._commit_soon)
@@ -362,29 +370,24 @@ class Persistence:
         store can commit at once (SQLite with the lock free), then release what
         waited; otherwise hand over to the write loop (it awaits the write)."""
         self._soon = None
-        if self._writer is not None and not self._writer.done():
+        if self.writing():
             return
         done = self.healthy and not self._lock.locked() and self._commit_sync()
         if done or not self.healthy:  # committed, or an outage began: answer now
             items, self.held = self.held, []
             self.send(items)
             return
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        self._start_writer()
 
     def _commit_sync(self) -> bool:
         """Commit the urgent part of the journal through the store's synchronous
         fast path (`write_now`); False, with the journal as it was, when the
         store has none or declines (lock held elsewhere), or the write failed."""
         write_now = getattr(self.store, "write_now", None)
-        j = self.engine.journal
-        if write_now is None or j is None:
+        if write_now is None or self.engine.journal is None:
             return False
-        taken = self._take_urgent(j)
-        if not self.persist_publications:
-            taken.pubs.clear()
-            taken.pub_deletes.clear()
-        if not self.persist_subscriptions:
-            taken.subs.clear()
+        taken = self._take(urgent=True)
+        assert taken is not None
         batch = build_batch(taken, self.engine.wall_offset)
         if batch.empty():
             return True
@@ -413,24 +416,27 @@ class Persistence:
             if not self.held and not self.needs_sync():
                 return
 
-    def _take_urgent(self, j: Journal) -> Journal:
-        """What a write-through commit writes: everything, except that in
-        write-back subscription mode (subs_db_mode 2) subscription and
-        authorization changes stay for the periodic flush."""
-        return j.take_publications() if self.subs_db_mode == 2 else j.take()
+    def _take(self, urgent: bool) -> Journal | None:
+        """Hand over the journal's changes this mode stores. `urgent` (a commit
+        that replies wait for): in write-back subscription mode (subs_db_mode 2)
+        only the publications; subscription and authorization changes stay for
+        the periodic flush."""
+        j = self.engine.journal
+        if j is None:
+            return None
+        taken = j.take_publications() if urgent and self.subs_db_mode == 2 else j.take()
+        if not self.persist_publications:
+            taken.pubs.clear()
+            taken.pub_deletes.clear()
+        if not self.persist_subscriptions:
+            taken.subs.clear()
+        return taken
 
     async def flush(self, urgent: bool = False) -> bool:
         """Write the journal in one transaction (`urgent`: only what replies wait
-        for, see _take_urgent); False if it failed (it will be retried)."""
+        for, see _take); False if it failed (it will be retried)."""
         async with self._lock:
-            j = self.engine.journal
-            taken = (self._take_urgent(j) if urgent else j.take()) if j else None
-            if taken is not None:
-                if not self.persist_publications:
-                    taken.pubs.clear()
-                    taken.pub_deletes.clear()
-                if not self.persist_subscriptions:
-                    taken.subs.clear()
+            taken = self._take(urgent)
             batch = build_batch(taken, self.engine.wall_offset) if taken is not None else None
             if batch is None or batch.empty():
                 if not self.healthy:  # nothing to write: find out whether the outage is over
@@ -489,8 +495,7 @@ class Persistence:
 
     def _retry(self) -> None:
         self._retry_handle = None
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        self._start_writer()
 
     def _merge_back(self, taken: Journal) -> None:
         j = self.engine.journal

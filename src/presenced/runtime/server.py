@@ -490,7 +490,7 @@ class Server:
         """Wait until this process's own changes are in the database."""
         p = self.persistence
         while True:
-            if p._writer is not None and not p._writer.done():
+            if p.writing():
                 await asyncio.wait({p._writer})
             elif self.core.engine._fanout:
                 await asyncio.sleep(0)  # the drain runs from call_soon
@@ -520,22 +520,18 @@ class Server:
         if engine._fanout and not self._draining:
             assert self.loop is not None
             p = self.persistence
-            if p is not None and p.commit_pending():
-                # The reply (and the state the NOTIFYs carry) waits for the commit
-                # at the end of this pass: stream after it, not into its queue.
-                self._draining = True
-                self.loop.call_soon(self._drain_fanout)
-                self._arm_timer()
-                return
             # Stream the fan-out: each chunk leaves as soon as it is built, so the
             # watchers' user agents work on the first NOTIFYs while the rest are
-            # built; after FANOUT_PASS the loop gets a turn (call_soon).
-            now = self.loop.time()
-            budget = FANOUT_PASS
-            while engine._fanout and budget > 0:
-                engine.drain_fanout(now, FANOUT_CHUNK)
-                budget -= FANOUT_CHUNK
-                self._send_outbox()
+            # built; after FANOUT_PASS the loop gets a turn (call_soon). When the
+            # reply waits for the commit at the end of this pass, all of it
+            # streams after that commit (call_soon runs after it), not into its queue.
+            if p is None or not p.commit_pending():
+                now = self.loop.time()
+                budget = FANOUT_PASS
+                while engine._fanout and budget > 0:
+                    engine.drain_fanout(now, FANOUT_CHUNK)
+                    budget -= FANOUT_CHUNK
+                    self._send_outbox()
             if engine._fanout:
                 self._draining = True
                 self.loop.call_soon(self._drain_fanout)
@@ -547,7 +543,7 @@ class Server:
         if outbox:
             items = outbox[:]
             outbox.clear()
-            if p is not None and (p.held or p.needs_sync() or (p._writer is not None and not p._writer.done())):
+            if p is not None and (p.held or p.needs_sync() or p.writing()):
                 p.hold(items)  # write-through: released after the commit, in order
             else:
                 self._send_items(items)
