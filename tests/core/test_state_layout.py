@@ -86,3 +86,27 @@ def test_composed_body_is_kept_only_when_watchers_share_it():
     h.publish(ALICE, pidf(ALICE, note="second"))
     (n1,), (n2,) = h.take(d1), h.take(d2)
     assert n1.body == n2.body and b"second" in n1.body
+
+
+def test_ended_records_are_freed_before_their_old_deadline():
+    """An un-SUBSCRIBEd dialog and a removed publication must not live on
+    (GC-tracked, in memory) until the Expires they once had: under churn
+    that is every dialog of the last Expires seconds."""
+    import gc
+    import inspect
+
+    h = Harness.make(**{"presence_xml.force_active": 1})
+    r = h.publish(ALICE, pidf(ALICE), expires=600)
+    etag = r.get("sip-etag")
+    pub = h.engine.etags[etag]
+    _, d = h.subscribe(ALICE, "sip:bob@example.com", expires=600)
+    (sub,) = list(h.engine.subs_by_dialog.values())
+    h.subscribe(ALICE, "sip:bob@example.com", expires=0, dialog=d)
+    assert h.publish(ALICE, b"", etag=etag, expires=0).status == 200
+    assert not h.engine.subs_by_dialog and not h.engine.etags
+    gc.collect()
+    assert [o for o in gc.get_referrers(sub) if not inspect.isframe(o)] == []
+    assert [o for o in gc.get_referrers(pub) if not inspect.isframe(o)] == []
+    assert state(h.take(d)[-1]) == "terminated"
+    h.advance(601)  # the old deadlines pass quietly
+    assert h.take(d) == []

@@ -136,7 +136,8 @@ def test_what_the_program_cannot_decide_goes_to_the_kernels_hash():
     assert steer(n, request("PUBLISH", "tel:+15551234")) is None
     assert steer(n, request("OPTIONS", "sip:alice@example.com")) is None
     assert steer(n, request("NOTIFY", "sip:alice@example.com")) is None
-    assert steer(n, request("PUBLISH", "sip:" + "u" * 60 + "@example.com")) is None  # user too long
+    assert steer(n, request("PUBLISH", "sip:" + "u" * 49 + "@example.com")) is None  # user too long
+    assert steer(n, request("PUBLISH", "sip:" + "u" * 48 + "@example.com")) is not None  # the longest steered
     assert steer(n, response("z9hG4bKabcdef")) is None        # a single-process branch
     assert steer(n, response("z9hG4bKw7.abc")) is None       # a worker index beyond N
     assert steer(n, response("z9hG4bKw1x.abc")) is None

@@ -136,11 +136,14 @@ class PresenceEngine:
         self._key_cache: dict[str, str] = {}
         # Memory (bench/state_memory.py): one bound method per engine instead of one per
         # armed timer, and one local Contact string per listening address.
-        self._pub_expired_cb = self._publication_expired
-        self._sub_expired_cb = self._subscription_expired
+        self._pub_expired_cb = self._publication_deadline
+        self._sub_expired_cb = self._subscription_deadline
         # Expiry deadlines mostly arrive in order (one Expires value for most
         # clients): those wait in a queue (~60 bytes each) instead of the heap
         # (~100); an earlier deadline than the queue's last goes to the heap.
+        # Entries name the record (ETag, dialog key), never hold it: a removed
+        # one would otherwise live on until its old deadline (an un-SUBSCRIBEd
+        # dialog for the Expires it once had), GC-tracked all that time.
         self._pub_expiry = DelayQueue(timers, self._pub_expired_cb)
         self._sub_expiry = DelayQueue(timers, self._sub_expired_cb)
         self._contact_cache: dict[tuple[str, int, str, bool], str] = {}
@@ -361,8 +364,13 @@ class PresenceEngine:
     def _arm_publication(self, pub: Publication) -> None:
         # No handle to cancel (memory): a removed or refreshed publication's
         # old entry finds it gone or expiring later, and does nothing.
-        if not self._pub_expiry.add(pub.expires_at, pub):
-            self.timers.call_at(pub.expires_at, self._pub_expired_cb, pub)
+        if not self._pub_expiry.add(pub.expires_at, pub.etag):
+            self.timers.call_at(pub.expires_at, self._pub_expired_cb, pub.etag)
+
+    def _publication_deadline(self, now: float, etag: str) -> None:
+        pub = self.etags.get(etag)
+        if pub is not None:
+            self._publication_expired(now, pub)
 
     def _publication_expired(self, now: float, pub: Publication) -> None:
         if self.etags.get(pub.etag) is not pub or pub.expires_at > now:
@@ -747,8 +755,13 @@ class PresenceEngine:
     def rearm_subscription(self, sub: Subscription) -> None:
         # No handle to cancel (memory): an outdated entry finds the
         # subscription gone or expiring later, and does nothing.
-        if not self._sub_expiry.add(sub.expires_at, sub):
-            self.timers.call_at(sub.expires_at, self._sub_expired_cb, sub)
+        if not self._sub_expiry.add(sub.expires_at, sub.key):
+            self.timers.call_at(sub.expires_at, self._sub_expired_cb, sub.key)
+
+    def _subscription_deadline(self, now: float, key: tuple) -> None:
+        sub = self.subs_by_dialog.get(key)
+        if sub is not None:
+            self._subscription_expired(now, sub)
 
     def forget_subscription(self, sub: Subscription) -> None:
         journal, self.journal = self.journal, None

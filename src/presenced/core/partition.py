@@ -269,6 +269,10 @@ def steering_program(workers: int) -> list[Insn]:
         op(_ALU | _XOR | _X)
         op(_ALU | _MUL | _K, FNV_PRIME)
         op(_ST, 0)
+    # A user part of exactly STEER_USER_MAX bytes: its "@" is the next byte.
+    op(_LDX | _W | _MEM, 2)
+    op(_LD | _B | _IND, 4 + STEER_USER_MAX)
+    goto_if(_JEQ, ord("@"), "hashed")
     label("none")
     op(_RET | _K, STEER_NONE)
     label("hashed")

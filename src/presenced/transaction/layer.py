@@ -87,12 +87,14 @@ def new_branch() -> str:
     return MAGIC + tokens.BRANCH_MARK + token_hex(8)
 
 
-# (Via host, port) -> (lowercased host, port): lingering transactions share
-# the strings and ints of their key instead of one copy each.
-_SENT_BY: dict[tuple[str, int | None], tuple[str, int | None]] = {}
+# (Via host, port) -> " host:port " lowercased: the middle of a transaction key.
+_SENT_BY: dict[tuple[str, int | None], str] = {}
 
 
-def server_key(req: Request) -> tuple:
+def server_key(req: Request) -> str | tuple:
+    """§17.2.3: branch, sent-by and method. One string, not a tuple: lingering
+    transactions are kept by the hundred thousand, and a string is nothing
+    the cyclic GC has to look at."""
     via = req.top_via
     method = "INVITE" if req.method == "ACK" else req.method
     branch = via.branch
@@ -100,8 +102,9 @@ def server_key(req: Request) -> tuple:
         raw = (via.host, via.port)
         sent_by = _SENT_BY.get(raw)
         if sent_by is None:
-            sent_by = share(_SENT_BY, raw, (raw[0].lower(), raw[1]), 4096)
-        return (branch, sent_by[0], sent_by[1], method)
+            port = raw[1]
+            sent_by = share(_SENT_BY, raw, f" {raw[0].lower()}:{'' if port is None else port} ", 4096)
+        return branch + sent_by + method
     # RFC 2543 peers: no usable branch, match on the request identifiers
     # (§17.2.3: Request-URI, From tag, Call-ID, CSeq, top Via).
     from_tag = req.from_.tag
@@ -111,7 +114,7 @@ def server_key(req: Request) -> tuple:
 class ServerTransaction:
     __slots__ = ("key", "source", "last_response", "provisional", "timer", "method")
 
-    def __init__(self, key: tuple, source: Address, method: str) -> None:
+    def __init__(self, key: str | tuple, source: Address, method: str) -> None:
         self.key = key
         self.source = source
         self.method = method
@@ -172,7 +175,7 @@ class Completed:
 
     __slots__ = ("key", "data", "span", "dest")
 
-    def __init__(self, key: tuple, data: bytes | mmap.mmap, span: int, dest: Address) -> None:
+    def __init__(self, key: str | tuple, data: bytes | mmap.mmap, span: int, dest: Address) -> None:
         self.key = key
         self.data = data
         self.span = span
@@ -189,10 +192,12 @@ def _no_result(resp: Response | None, now: float) -> None:
 
 
 class ClientTransaction:
-    __slots__ = ("key", "data", "dest", "on_result", "timer_e", "timer_f", "interval", "done", "retransmits", "deadline")
+    __slots__ = ("key", "method", "data", "dest", "on_result", "timer_e", "timer_f", "interval", "done", "retransmits", "deadline")
 
-    def __init__(self, key: tuple, data: bytes, dest: Address, on_result: Callable[[Response | None, float], None]) -> None:
-        self.key = key
+    def __init__(self, key: str, method: str, data: bytes, dest: Address,
+                 on_result: Callable[[Response | None, float], None]) -> None:
+        self.key = key  # our branch: 64 random bits, unique on its own
+        self.method = method
         self.data = data
         self.dest = dest
         self.on_result = on_result
@@ -215,13 +220,17 @@ class TransactionLayer:
     def __init__(self, timers: TimerHeap, t1: float = T1, t2: float = T2, t4: float = T4) -> None:
         self.timers = timers
         self.t1, self.t2, self.t4 = t1, t2, t4
-        self.server: dict[tuple, ServerTransaction | Completed] = {}
-        self.client: dict[tuple, ClientTransaction] = {}
+        self.server: dict[str | tuple, ServerTransaction | Completed] = {}
+        self.client: dict[str, ClientTransaction] = {}
         self.outbox: list[tuple[bytes, Address, ClientTransaction | None]] = []
         # Timers J and K have fixed durations: queues instead of a heap entry each.
         self._linger = DelayQueue(timers, self._timer_j)
         self._responses = ResponseLog()
         self._absorb = DelayQueue(timers, self._timer_k)
+        # Timer E's first firing is T1 after sending, for every UDP NOTIFY: a
+        # queue, not a heap entry and handle each (only a retransmission,
+        # rare, takes the heap).
+        self._first_e = DelayQueue(timers, self._timer_e)
         self.stats = {"retransmissions_absorbed": 0, "notify_retransmits": 0, "client_timeouts": 0, "stray_responses": 0}
 
     # -- server side -------------------------------------------------------
@@ -283,14 +292,15 @@ class TransactionLayer:
         self, data: bytes, branch: str, method: str, dest: Address, now: float,
         on_result: Callable[[Response | None, float], None],
     ) -> ClientTransaction:
-        key = (branch, method)
-        ct = ClientTransaction(key, data, dest, on_result)
+        ct = ClientTransaction(branch, method, data, dest, on_result)
         ct.interval = self.t1
-        self.client[key] = ct
+        self.client[branch] = ct
         self.outbox.append((data, dest, ct))
         deadline = ct.deadline = now + 64 * self.t1
         if not dest.reliable:
-            ct.timer_e = self.timers.schedule(min(now + self.t1, deadline), self._timer_e, ct)
+            first = min(now + self.t1, deadline)
+            if not self._first_e.add(first, ct):
+                ct.timer_e = self.timers.schedule(first, self._timer_e, ct)
         else:
             ct.timer_f = self.timers.schedule(deadline, self._timer_f, ct)
         return ct
@@ -340,25 +350,25 @@ class TransactionLayer:
     def receive_response(self, resp: Response, now: float) -> bool:
         """Match a response to a client transaction (§17.1.3). False if stray."""
         try:
-            via = resp.top_via
-            key = (via.branch, resp.cseq.method)
+            key = resp.top_via.branch
+            method = resp.cseq.method
         except (SipParseError, ValueError):
             self.stats["stray_responses"] += 1
             return False
-        ct = self.client.get(key)
-        if ct is None:
+        ct = self.client.get(key) if key is not None else None
+        if ct is None or ct.method != method:
             self.stats["stray_responses"] += 1
             return False
         if ct.done:
             return True  # retransmitted final response absorbed (Timer K)
         if resp.status < 200:
             # Proceeding: keep retransmitting at T2 (UDP).
-            if ct.timer_e is not None:
+            if not ct.dest.reliable:
                 ct.interval = self.t2
             return True
         self._finish(ct)
         if ct.dest.reliable:
-            del self.client[key]
+            del self.client[ct.key]
         else:
             if not self._absorb.add(now + self.t4, ct):
                 self.timers.schedule(now + self.t4, self._timer_k, ct)

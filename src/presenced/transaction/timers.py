@@ -93,37 +93,43 @@ class DelayQueue:
     """Timers that all run `expire(now, item)` a fixed delay after being added.
 
     With one delay and a clock that only moves forward, deadlines arrive in
-    order: a deque plus one TimerHeap entry for its head replaces a heap
-    entry per item (Timer J for every answered request, Timer K for every
-    NOTIFY). `add` returns False when a deadline would be out of order (the
-    clock went back); the caller then schedules that item on the heap.
+    order: two deques (deadlines, items) plus one TimerHeap entry for the
+    head replace a heap entry per item (Timer J for every answered request,
+    Timer K for every NOTIFY) and allocate nothing per item, so nothing new
+    for the cyclic GC to scan. `add` returns False when a deadline would be
+    out of order (the clock went back); the caller then schedules that item
+    on the heap.
     """
 
-    __slots__ = ("timers", "expire", "items", "handle")
+    __slots__ = ("timers", "expire", "whens", "items", "handle")
 
     def __init__(self, timers: TimerHeap, expire: Callable[[float, Any], Any]) -> None:
         self.timers = timers
         self.expire = expire
-        self.items: deque[tuple[float, Any]] = deque()
+        self.whens: deque[float] = deque()
+        self.items: deque[Any] = deque()
         self.handle: TimerHandle | None = None
 
     def __len__(self) -> int:
         return len(self.items)
 
     def add(self, when: float, item: Any) -> bool:
-        items = self.items
-        if items and when < items[-1][0]:
+        whens = self.whens
+        if whens and when < whens[-1]:
             return False
-        items.append((when, item))
+        whens.append(when)
+        self.items.append(item)
         if self.handle is None:
             self.handle = self.timers.schedule(when, self._run)
         return True
 
     def _run(self, now: float) -> None:
+        whens = self.whens
         items = self.items
         expire = self.expire
         try:
-            while items and items[0][0] <= now:
-                expire(now, items.popleft()[1])
+            while whens and whens[0] <= now:
+                whens.popleft()
+                expire(now, items.popleft())
         finally:  # a failing callback must not leave the rest without a timer
-            self.handle = self.timers.schedule(items[0][0], self._run) if items else None
+            self.handle = self.timers.schedule(whens[0], self._run) if whens else None
