@@ -5,9 +5,10 @@ the identical final response (the latest provisional while Proceeding,
 nothing while the TU is still working); further responses from the TU after
 the final one are discarded; the transaction lingers for Timer J (64*T1 on
 UDP, 0 on reliable transports). At 3,000 requests/s about 96,000 transactions
-linger at any time, so a completed one is replaced by a `Completed` that
-holds only what answering a retransmission needs: its key and the final
-response with its destination; the response bytes go to a `ResponseLog`.
+linger at any time, so a completed one is replaced by a `Completed` tuple
+that holds only what answering a retransmission needs: its key, where the
+final response lies in a `ResponseLog` and where it went; no object the
+cyclic GC has to scan more than once.
 
 Client side (our NOTIFYs): Timer E retransmits over UDP with back-off up to
 T2, Timer F gives up after 64*T1, Timer K absorbs late responses. The TU gets
@@ -133,58 +134,63 @@ class ResponseLog:
     """The final responses of lingering UDP transactions, written one after
     the other into anonymous memory mappings of CHUNK bytes.
 
-    They all expire Timer J after being written, so in the order of writing:
-    a mapping is unmapped as a whole once the last transaction using it is
-    gone. As Python objects, ~100,000 responses of ~450 bytes would leave
-    their freed blocks in CPython's heap, where they stay resident
-    (bench/state_memory.py).
+    A response is addressed by (chunk number, span): numbers, so what holds
+    one is nothing the cyclic GC looks at (an mmap is GC-tracked). Every
+    `put` is matched by one `release` (Timer J); a mapping is unmapped as a
+    whole when its last response is released. As Python objects, ~100,000
+    responses of ~450 bytes would leave their freed blocks in CPython's heap,
+    where they stay resident (bench/state_memory.py).
     """
 
     CHUNK = 256 * 1024
 
-    __slots__ = ("chunk", "pos")
+    __slots__ = ("chunks", "live", "current", "pos")
 
     def __init__(self) -> None:
-        self.chunk: mmap.mmap | None = None
-        self.pos = 0
+        self.chunks: dict[int, mmap.mmap] = {}
+        self.live: dict[int, int] = {}  # chunk number -> responses not yet released
+        self.current = -1
+        self.pos = self.CHUNK
 
-    def put(self, data: bytes) -> tuple[mmap.mmap, int] | None:
-        """(mapping, span) holding `data`; None if it is too big to bother."""
+    def put(self, data: bytes) -> tuple[int, int] | None:
+        """(chunk number, span) holding `data`; None if it is too big to bother."""
         n = len(data)
         if n >= self.CHUNK // 8:
             return None
-        chunk = self.chunk
         start = self.pos
-        if chunk is None or start + n > self.CHUNK:
+        number = self.current
+        if start + n > self.CHUNK:
+            if number in self.chunks and self.live.get(number, 0) == 0:
+                self._unmap(number)
+            number = self.current = number + 1
             # Private: a forked worker must not share (and overwrite) the parent's.
-            chunk = self.chunk = mmap.mmap(-1, self.CHUNK, flags=mmap.MAP_PRIVATE)
+            self.chunks[number] = mmap.mmap(-1, self.CHUNK, flags=mmap.MAP_PRIVATE)
+            self.live[number] = 0
             start = 0
-        chunk[start:start + n] = data
+        self.chunks[number][start:start + n] = data
+        self.live[number] += 1
         self.pos = start + n
-        return chunk, (start << 16) | n
+        return number, (start << 16) | n
 
-    @staticmethod
-    def get(chunk: mmap.mmap, span: int) -> bytes:
+    def get(self, number: int, span: int) -> bytes:
         start = span >> 16
-        return chunk[start:start + (span & 0xFFFF)]
+        return self.chunks[number][start:start + (span & 0xFFFF)]
+
+    def release(self, number: int) -> None:
+        left = self.live[number] - 1
+        self.live[number] = left
+        if left == 0 and number != self.current:
+            self._unmap(number)
+
+    def _unmap(self, number: int) -> None:
+        del self.live[number]
+        self.chunks.pop(number).close()
 
 
-class Completed:
-    """A UDP server transaction after its final response, until Timer J:
-    the response is `data` (bytes), or `data[span]` of a ResponseLog mapping."""
-
-    __slots__ = ("key", "data", "span", "dest")
-
-    def __init__(self, key: str | tuple, data: bytes | mmap.mmap, span: int, dest: Address) -> None:
-        self.key = key
-        self.data = data
-        self.span = span
-        self.dest = dest
-
-    @property
-    def response(self) -> bytes:
-        data = self.data
-        return data if type(data) is bytes else ResponseLog.get(data, self.span)  # type: ignore[arg-type]
+# A UDP server transaction after its final response, until Timer J, is a
+# `Completed` tuple of strings and numbers (after one young collection CPython
+# stops tracking it): (key, response bytes or ResponseLog chunk number, span,
+# destination host, destination port).
 
 
 def _no_result(resp: Response | None, now: float) -> None:
@@ -192,12 +198,10 @@ def _no_result(resp: Response | None, now: float) -> None:
 
 
 class ClientTransaction:
-    __slots__ = ("key", "method", "data", "dest", "on_result", "timer_e", "timer_f", "interval", "done", "retransmits", "deadline")
+    __slots__ = ("key", "data", "dest", "on_result", "timer_e", "timer_f", "interval", "done", "retransmits", "deadline")
 
-    def __init__(self, key: str, method: str, data: bytes, dest: Address,
-                 on_result: Callable[[Response | None, float], None]) -> None:
-        self.key = key  # our branch: 64 random bits, unique on its own
-        self.method = method
+    def __init__(self, key: str, data: bytes, dest: Address, on_result: Callable[[Response | None, float], None]) -> None:
+        self.key = key  # "<branch> <method>"
         self.data = data
         self.dest = dest
         self.on_result = on_result
@@ -220,17 +224,21 @@ class TransactionLayer:
     def __init__(self, timers: TimerHeap, t1: float = T1, t2: float = T2, t4: float = T4) -> None:
         self.timers = timers
         self.t1, self.t2, self.t4 = t1, t2, t4
-        self.server: dict[str | tuple, ServerTransaction | Completed] = {}
+        self.server: dict[str | tuple, ServerTransaction | tuple] = {}
         self.client: dict[str, ClientTransaction] = {}
         self.outbox: list[tuple[bytes, Address, ClientTransaction | None]] = []
         # Timers J and K have fixed durations: queues instead of a heap entry each.
         self._linger = DelayQueue(timers, self._timer_j)
         self._responses = ResponseLog()
+        # Timer K: the keys of answered UDP NOTIFYs whose retransmitted
+        # final responses are still absorbed (strings: the transaction itself
+        # is gone once its result is reported).
+        self._absorbing: set[str] = set()
         self._absorb = DelayQueue(timers, self._timer_k)
         # Timer E's first firing is T1 after sending, for every UDP NOTIFY: a
         # queue, not a heap entry and handle each (only a retransmission,
         # rare, takes the heap).
-        self._first_e = DelayQueue(timers, self._timer_e)
+        self._first_e = DelayQueue(timers, self._first_timer_e)
         self.stats = {"retransmissions_absorbed": 0, "notify_retransmits": 0, "client_timeouts": 0, "stray_responses": 0}
 
     # -- server side -------------------------------------------------------
@@ -241,10 +249,14 @@ class TransactionLayer:
         st = self.server.get(key)
         if st is not None:
             self.stats["retransmissions_absorbed"] += 1
-            if isinstance(st, Completed):
+            if type(st) is tuple:
                 if req.method != "ACK":
-                    self.outbox.append((st.response, source if source.reliable else st.dest, None))
+                    data = st[1]
+                    if type(data) is not bytes:
+                        data = self._responses.get(data, st[2])
+                    self.outbox.append((data, source if source.reliable else udp_address(st[3], st[4]), None))
                 return None
+            assert isinstance(st, ServerTransaction)
             # Completed: the final response; Proceeding: the latest provisional
             # (§17.2.2); Trying: nothing.
             last = st.last_response or st.provisional
@@ -273,37 +285,48 @@ class TransactionLayer:
             self.server.pop(st.key, None)
             return
         logged = self._responses.put(data)
+        done: tuple
         if logged is None:
-            done = Completed(st.key, data, 0, shared_address(dest))
+            done = (st.key, data, 0, dest.host, dest.port)
         else:
-            done = Completed(st.key, logged[0], logged[1], shared_address(dest))
+            done = (st.key, logged[0], logged[1], dest.host, dest.port)
         if self.server.get(st.key) is st:
             self.server[st.key] = done
         when = now + linger
         if not self._linger.add(when, done):
             self.timers.schedule(when, self._timer_j, done)
 
-    def _timer_j(self, now: float, done: Completed) -> None:
-        if self.server.get(done.key) is done:
-            del self.server[done.key]
+    def _timer_j(self, now: float, done: tuple) -> None:
+        key = done[0]
+        if self.server.get(key) is done:
+            del self.server[key]
+        if type(done[1]) is not bytes:
+            self._responses.release(done[1])
 
     # -- client side -------------------------------------------------------
     def send_request(
         self, data: bytes, branch: str, method: str, dest: Address, now: float,
         on_result: Callable[[Response | None, float], None],
     ) -> ClientTransaction:
-        ct = ClientTransaction(branch, method, data, dest, on_result)
+        key = branch + " " + method  # §17.1.3; a string: nothing for the GC to scan
+        ct = ClientTransaction(key, data, dest, on_result)
         ct.interval = self.t1
-        self.client[branch] = ct
+        self.client[key] = ct
         self.outbox.append((data, dest, ct))
         deadline = ct.deadline = now + 64 * self.t1
         if not dest.reliable:
             first = min(now + self.t1, deadline)
-            if not self._first_e.add(first, ct):
+            if not self._first_e.add(first, key):
                 ct.timer_e = self.timers.schedule(first, self._timer_e, ct)
         else:
             ct.timer_f = self.timers.schedule(deadline, self._timer_f, ct)
         return ct
+
+    def _first_timer_e(self, now: float, key: str) -> None:
+        # By key: an answered NOTIFY is freed at once, not T1 later.
+        ct = self.client.get(key)
+        if ct is not None:
+            self._timer_e(now, ct)
 
     def _timer_e(self, now: float, ct: ClientTransaction) -> None:
         if ct.done:
@@ -334,9 +357,8 @@ class TransactionLayer:
         if ct.timer_f is not None:
             ct.timer_f.cancel()
 
-    def _timer_k(self, now: float, ct: ClientTransaction) -> None:
-        if self.client.get(ct.key) is ct:
-            del self.client[ct.key]
+    def _timer_k(self, now: float, key: str) -> None:
+        self._absorbing.discard(key)
 
     def transport_failed(self, ct: ClientTransaction, now: float) -> None:
         """The transport could not send (e.g. TCP connect refused): fail now."""
@@ -350,27 +372,27 @@ class TransactionLayer:
     def receive_response(self, resp: Response, now: float) -> bool:
         """Match a response to a client transaction (§17.1.3). False if stray."""
         try:
-            key = resp.top_via.branch
-            method = resp.cseq.method
+            branch = resp.top_via.branch
+            key = f"{branch} {resp.cseq.method}"
         except (SipParseError, ValueError):
             self.stats["stray_responses"] += 1
             return False
-        ct = self.client.get(key) if key is not None else None
-        if ct is None or ct.method != method:
+        ct = self.client.get(key) if branch is not None else None
+        if ct is None:
+            if key in self._absorbing:
+                return True  # retransmitted final response absorbed (Timer K)
             self.stats["stray_responses"] += 1
             return False
-        if ct.done:
-            return True  # retransmitted final response absorbed (Timer K)
         if resp.status < 200:
             # Proceeding: keep retransmitting at T2 (UDP).
             if not ct.dest.reliable:
                 ct.interval = self.t2
             return True
         self._finish(ct)
-        if ct.dest.reliable:
-            del self.client[ct.key]
-        else:
-            if not self._absorb.add(now + self.t4, ct):
-                self.timers.schedule(now + self.t4, self._timer_k, ct)
+        del self.client[ct.key]
+        if not ct.dest.reliable:
+            self._absorbing.add(ct.key)
+            if not self._absorb.add(now + self.t4, ct.key):
+                self.timers.schedule(now + self.t4, self._timer_k, ct.key)
         ct.result(resp, now)
         return True
