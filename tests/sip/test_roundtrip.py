@@ -529,3 +529,22 @@ def test_uri_details() -> None:
 def test_bad_uris(bad: str) -> None:
     with pytest.raises(SipParseError):
         parse_uri(bad)
+
+
+def test_parsed_uris_are_shared_once_they_repeat():
+    """A URI met once is parsed and let go (a one-off watcher must not stay in
+    memory, nor be scanned by the cyclic GC); one that repeats is parsed
+    once more and from then on shared."""
+    from presenced.sip import uri as urimod
+
+    text = "sip:repeat-me@example.com;transport=udp"
+    first, second, third = urimod.parse_uri(text), urimod.parse_uri(text), urimod.parse_uri(text)
+    assert str(first) == str(second) == text and (first.user, first.host, first.params) == ("repeat-me", "example.com", {"transport": "udp"})
+    assert first is not second and second is third
+    na = "<sip:repeat-me@example.com>"
+    a, b, c = urimod.parse_name_addr(na), urimod.parse_name_addr(na), urimod.parse_name_addr(na)
+    assert str(a.uri) == str(b.uri) == "sip:repeat-me@example.com" and a is not b and b is c
+    cached = len(urimod._URI_CACHE)
+    for i in range(3000):
+        assert urimod.parse_uri(f"sip:w{i}@example.com").user == f"w{i}"
+    assert len(urimod._URI_CACHE) <= cached

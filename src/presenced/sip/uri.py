@@ -219,6 +219,21 @@ def _opt_norm(s: str | None) -> str | None:
 
 _URI_CACHE: dict[str, SipURI] = {}
 _URI_CACHE_MAX = 32768
+_URI_SEEN: set[str] = set()
+
+
+def seen_before(seen: set[str], text: str, limit: int) -> bool:
+    """Whether `text` was met before; remembers it if not. Caches keep a
+    parsed value only on its second sight: a text met once (a new dialog's
+    tag, a one-off watcher) would otherwise fill the cache with objects the
+    cyclic GC scans, while a phone's URIs repeat and are cached the next time.
+    Strings are nothing the GC looks at."""
+    if text in seen:
+        return True
+    if len(seen) >= limit:
+        seen.clear()
+    seen.add(text)
+    return False
 
 
 def parse_uri(text: str) -> SipURI:
@@ -227,9 +242,10 @@ def parse_uri(text: str) -> SipURI:
     if cached is not None:
         return cached
     uri = _parse_uri(text)
-    if len(_URI_CACHE) >= _URI_CACHE_MAX:
-        _URI_CACHE.clear()  # phones repeat the same few URIs; a rare full reset is cheap
-    _URI_CACHE[text] = uri
+    if seen_before(_URI_SEEN, text, 8192):
+        if len(_URI_CACHE) >= _URI_CACHE_MAX:
+            _URI_CACHE.clear()  # phones repeat the same few URIs; a rare full reset is cheap
+        _URI_CACHE[text] = uri
     return uri
 
 
@@ -350,6 +366,7 @@ _NAME_ADDR_PLAIN = re.compile(r"<([^<>\s\"]*:[^<>\s\"]*)>(?:;([A-Za-z0-9.!%*_+`'
 # `<uri>` without parameters (a To before the dialog, most Contacts) repeats
 # per presentity: shared, read-only, like parse_uri's results.
 _PLAIN_NA_CACHE: dict[str, NameAddr] = {}
+_PLAIN_NA_SEEN: set[str] = set()
 
 
 def parse_name_addr(text: str) -> NameAddr:
@@ -363,9 +380,10 @@ def parse_name_addr(text: str) -> NameAddr:
         if pname:
             return NameAddr(None, m.group(1), {pname.lower(): m.group(3)}, raw)
         na = NameAddr(None, m.group(1), {}, raw)
-        if len(_PLAIN_NA_CACHE) >= 4096:
-            _PLAIN_NA_CACHE.clear()
-        _PLAIN_NA_CACHE[text] = na
+        if seen_before(_PLAIN_NA_SEEN, text, 4096):
+            if len(_PLAIN_NA_CACHE) >= 4096:
+                _PLAIN_NA_CACHE.clear()
+            _PLAIN_NA_CACHE[text] = na
         return na
     if not raw:
         raise SipParseError("empty address")
