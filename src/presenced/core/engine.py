@@ -12,7 +12,7 @@ import base64
 import logging
 from collections import deque
 from functools import partial
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Iterable
 
@@ -33,23 +33,39 @@ UDP_MTU_LIMIT = 1300  # RFC 3261 §18.1.1
 HARD_STATE_SECONDS = 10 * 365 * 86400  # "never expires" (Kamailio stores expires = -1)
 
 
-@dataclass(slots=True)
+# Explicit __init__s (one of each per request): a dataclass's generated one
+# is interpreted Python even in a mypyc-compiled module.
+@dataclass(slots=True, init=False)
 class Reply:
     status: int
     reason: str
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes = b""
-    to_tag: str | None = None
+    headers: list[tuple[str, str]]
+    body: bytes
+    to_tag: str | None
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]] | None = None,
+                 body: bytes = b"", to_tag: str | None = None) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = [] if headers is None else headers
+        self.body = body
+        self.to_tag = to_tag
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class RequestContext:
     """Where a request came from and which local socket received it."""
 
     source: Address
     local_host: str
     local_port: int
-    identity: str | None = None  # authenticated sip:user@domain, when digest auth ran
+    identity: str | None  # authenticated sip:user@domain, when digest auth ran
+
+    def __init__(self, source: Address, local_host: str, local_port: int, identity: str | None = None) -> None:
+        self.source = source
+        self.local_host = local_host
+        self.local_port = local_port
+        self.identity = identity
 
 
 def _opt(cfg: Any, section: str, name: str, default: Any) -> Any:

@@ -12,7 +12,9 @@ from typing import Any, Callable, Iterator, Sequence
 from presenced.transaction.layer import Address
 
 
-@dataclass(slots=True)
+# Explicit __init__s: a dataclass's generated one is interpreted Python even
+# in a mypyc-compiled module (one record per PUBLISH / new dialog).
+@dataclass(slots=True, init=False)
 class Publication:
     etag: str
     pres_uri: str          # presentity AoR key (sip:user@host)
@@ -26,8 +28,34 @@ class Publication:
     sender: str | None = None
     priority: int = 0
 
+    def __init__(
+        self,
+        etag: str,
+        pres_uri: str,
+        entity: str,
+        event: str,
+        body: bytes,
+        content_type: str,
+        expires_at: float,
+        received: float,
+        seq: int,
+        sender: str | None = None,
+        priority: int = 0,
+    ) -> None:
+        self.etag = etag
+        self.pres_uri = pres_uri
+        self.entity = entity
+        self.event = event
+        self.body = body
+        self.content_type = content_type
+        self.expires_at = expires_at
+        self.received = received
+        self.seq = seq
+        self.sender = sender
+        self.priority = priority
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Subscription:
     # dialog identity
     call_id: str
@@ -64,6 +92,74 @@ class Subscription:
     last_notify_status: int | None = None
     notify_origin: float | None = None  # when the oldest state change not yet NOTIFIED was accepted (metrics only)
     extra: dict | None = None          # created on first use (most subscriptions never need one)
+
+    def __init__(
+        self,
+        call_id: str,
+        remote_tag: str,
+        local_tag: str,
+        event: str,
+        event_id: str | None,
+        event_header: str,
+        pres_uri: str,
+        entity: str,
+        watcher_uri: str,
+        watcher_display: str | None,
+        remote_target: str,
+        route_set: tuple[str, ...] | list[str],
+        to_header: str,
+        from_header: str,
+        remote_cseq: int,
+        local_cseq: int,
+        expires_at: float,
+        status: str = "active",
+        reason: str | None = None,
+        version: int = 0,
+        source: Address | None = None,
+        local_host: str = "",
+        local_port: int = 0,
+        local_contact: str = "",
+        accept: tuple[str, ...] | list[str] | None = None,
+        created: float = 0.0,
+        watcher_event: str = "subscribe",
+        winfo_full_sent: bool = False,
+        notifies_sent: int = 0,
+        last_notify_status: int | None = None,
+        notify_origin: float | None = None,
+        extra: dict | None = None,
+    ) -> None:
+        self.call_id = call_id
+        self.remote_tag = remote_tag
+        self.local_tag = local_tag
+        self.event = event
+        self.event_id = event_id
+        self.event_header = event_header
+        self.pres_uri = pres_uri
+        self.entity = entity
+        self.watcher_uri = watcher_uri
+        self.watcher_display = watcher_display
+        self.remote_target = remote_target
+        self.route_set = route_set
+        self.to_header = to_header
+        self.from_header = from_header
+        self.remote_cseq = remote_cseq
+        self.local_cseq = local_cseq
+        self.expires_at = expires_at
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.source = source
+        self.local_host = local_host
+        self.local_port = local_port
+        self.local_contact = local_contact
+        self.accept = accept
+        self.created = created
+        self.watcher_event = watcher_event
+        self.winfo_full_sent = winfo_full_sent
+        self.notifies_sent = notifies_sent
+        self.last_notify_status = last_notify_status
+        self.notify_origin = notify_origin
+        self.extra = extra
 
     @property
     def key(self) -> tuple:

@@ -92,8 +92,11 @@ class EventPackage:
 
     def accepts(self, accept: Sequence[str] | None) -> bool:
         """RFC 6665 §4.2.1.1 / 406: is notify_type acceptable to this watcher?"""
-        if accept is None or not accept:
+        if not accept:
             return True
         t = self.notify_type
-        major = t.split("/")[0] + "/*"
-        return any(a in (t, major, "*/*") for a in accept)
+        major = t.partition("/")[0] + "/*"
+        for a in accept:
+            if a == t or a == major or a == "*/*":
+                return True
+        return False
