@@ -76,16 +76,19 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    t = 0
+def _cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds of the processes."""
+    user = system = 0
     for p in pids:
         try:
             with open(f"/proc/{p}/stat") as f:
                 st = f.read().rsplit(")", 1)[1].split()
-            t += int(st[11]) + int(st[12])
+            user += int(st[11])
+            system += int(st[12])
         except (OSError, IndexError, ValueError):
             pass
-    return t / os.sysconf("SC_CLK_TCK")
+    tck = os.sysconf("SC_CLK_TCK")
+    return user / tck, system / tck
 
 
 def _server_args(port: int, server_cmd: str | None, workdir: str) -> argparse.Namespace:
@@ -140,17 +143,19 @@ def run_one(label: str, server, scen: str, rate: float, seconds: float, tdir: st
         time.sleep(1.0)
         pids = _tree(server.proc.pid)
         calls = max(1, int(rate * seconds))
-        c0, t0 = _cpu_seconds(pids), time.time()
+        (u0, s0), t0 = _cpu_seconds(pids), time.time()
         s = _sipp(scen, rate, calls, tdir)
-        c1, t1 = _cpu_seconds(_tree(server.proc.pid) or pids), time.time()
+        (u1, s1), t1 = _cpu_seconds(_tree(server.proc.pid) or pids), time.time()
     finally:
         server.stop()
     units = s["ok"] * SCENARIOS[scen][1]
-    r = {"server": label, "scenario": scen, "rate": rate, "calls": calls, **s, "cpu_s": round(c1 - c0, 3),
-         "wall_s": round(t1 - t0, 2), "cpu_us_per_unit": round(1e6 * (c1 - c0) / units, 1) if units else None}
+    c = (u1 - u0) + (s1 - s0)
+    r = {"server": label, "scenario": scen, "rate": rate, "calls": calls, **s, "cpu_s": round(c, 3),
+         "wall_s": round(t1 - t0, 2), "cpu_us_per_unit": round(1e6 * c / units, 1) if units else None,
+         "sys_us_per_unit": round(1e6 * (s1 - s0) / units, 1) if units else None}
     print(f"  {label:18s} {scen} r={rate:g}/s ok={s['ok']}/{calls} failed={s['failed']} "
-          f"cpu={r['cpu_s']:.2f}s -> {r['cpu_us_per_unit']} us/{UNITS[scen]} p50={r['p50_us']} p99={r['p99_us']} us",
-          flush=True)
+          f"cpu={r['cpu_s']:.2f}s -> {r['cpu_us_per_unit']} us/{UNITS[scen]} (kernel {r['sys_us_per_unit']}) "
+          f"p50={r['p50_us']} p99={r['p99_us']} us", flush=True)
     return r
 
 
@@ -203,10 +208,10 @@ def main(argv=None) -> int:
           f"- presenced: `{ours_cmd}`",
           f"- Kamailio: the shared harness's `{kam_name}` (8 children); {a.repeat} interleaved runs of "
           f"{a.seconds:g} s per scenario; medians", "",
-          "| scenario | rate (calls/s) | Kamailio µs/unit | presenced µs/unit | ratio | "
+          "| scenario | rate (calls/s) | Kamailio µs/unit | presenced µs/unit | ratio | of which kernel µs Kamailio / presenced | "
           "p50 ms Kamailio / presenced | p99 ms Kamailio / presenced | p99 ratio | "
           "Kamailio failed calls | presenced failed calls |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     for scen in scens:
         k = [r for r in rows if r["scenario"] == scen and r["server"] == kam_name]
         o = [r for r in rows if r["scenario"] == scen and r["server"] == "presenced"]
@@ -219,11 +224,13 @@ def main(argv=None) -> int:
             lat[q] = (statistics.median(kv) / 1000 if kv else float("nan"),
                       statistics.median(ov) / 1000 if ov else float("nan"))
         p99r = lat["p99_us"][1] / lat["p99_us"][0] if lat["p99_us"][0] else float("nan")
+        ks = statistics.median(r["sys_us_per_unit"] or 0 for r in k)
+        os_ = statistics.median(r["sys_us_per_unit"] or 0 for r in o)
         md.append(f"| {scen} ({UNITS[scen]}) | {k[0]['rate']:g} | {km:,.0f} | {om:,.0f} | "
-                  f"{om / km if km else float('nan'):.2f}x | {lat['p50_us'][0]:.2f} / {lat['p50_us'][1]:.2f} | "
+                  f"{om / km if km else float('nan'):.2f}x | {ks:,.0f} / {os_:,.0f} | {lat['p50_us'][0]:.2f} / {lat['p50_us'][1]:.2f} | "
                   f"{lat['p99_us'][0]:.2f} / {lat['p99_us'][1]:.2f} | {p99r:.2f}x | {sum(r['failed'] for r in k)} / {sum(r['calls'] for r in k)} | "
                   f"{sum(r['failed'] for r in o)} / {sum(r['calls'] for r in o)} |")
-    md += ["", "CPU = utime+stime of the server's process tree during the SIPp run (/proc, 10 ms ticks).",
+    md += ["", "CPU = utime+stime of the server's process tree during the SIPp run (/proc, 10 ms ticks); kernel = stime.",
            "Latency = SIPp's <log> lines of the harness's scenarios, client side, medians of the runs' percentiles.",
            "A failed call is one SIPp counted as failed (e.g. Kamailio's 500 \"database is locked\")."]
     text = "\n".join(md) + "\n"

@@ -36,7 +36,8 @@ CREDENTIALS_LOOKUP_TIMEOUT = 2.0
 #: How late (s) the runtime may run a core deadline (SIP timers are >= 500 ms).
 TIMER_SLACK = 0.005
 YOUNG_GC_PERIOD = 0.1  # seconds between timed young-generation collections (see _collect_young)
-MIDDLE_GC_EVERY = 100  # every 100th timed collection also takes the middle generation (10 s)
+MIDDLE_GC_EVERY = 20  # every 20th timed collection also takes the middle generation (2 s)
+FULL_GC_EVERY = 6000  # every 6,000th, all generations (10 min)
 FANOUT_CHUNK = 16   # NOTIFYs of one fan-out built before they are sent ...
 FANOUT_PASS = 256   # ... and sent before other callbacks get the loop
 
@@ -408,12 +409,13 @@ class Server:
 
         A timed collection never escalates to the older generations the way
         CPython's own does, so every MIDDLE_GC_EVERY-th one also collects the
-        middle generation: a reference cycle that outlived its first young
-        collection is still freed (what lingers by the thousand - transactions,
-        timer entries - is untracked by then, so this stays short too)."""
+        middle generation and every FULL_GC_EVERY-th all of them: a reference
+        cycle that outlived its first young collection is still freed. (What
+        lingers by the thousand - transactions, timer entries - is untracked
+        by then; the middle generation holds what the last 2 s left alive.)"""
         if gc.isenabled():
-            self._young_gcs += 1
-            gc.collect(1 if self._young_gcs % MIDDLE_GC_EVERY == 0 else 0)
+            n = self._young_gcs = self._young_gcs + 1
+            gc.collect(2 if n % FULL_GC_EVERY == 0 else 1 if n % MIDDLE_GC_EVERY == 0 else 0)
         assert self.loop is not None
         self._young_gc = self.loop.call_later(YOUNG_GC_PERIOD, self._collect_young)
 
