@@ -532,18 +532,19 @@ def test_bad_uris(bad: str) -> None:
 
 
 def test_parsed_uris_are_shared_once_they_repeat():
-    """A URI met once is parsed and let go (a one-off watcher must not stay in
-    memory, nor be scanned by the cyclic GC); one that repeats is parsed
-    once more and from then on shared."""
+    """A URI met once or twice (a one-off watcher, a dialog's SUBSCRIBE and
+    un-SUBSCRIBE) is parsed and let go: it must not stay in memory, nor be
+    scanned by the cyclic GC; one that keeps repeating is parsed a third
+    time and from then on shared."""
     from presenced.sip import uri as urimod
 
     text = "sip:repeat-me@example.com;transport=udp"
-    first, second, third = urimod.parse_uri(text), urimod.parse_uri(text), urimod.parse_uri(text)
+    first, second, third, fourth = (urimod.parse_uri(text) for _ in range(4))
     assert str(first) == str(second) == text and (first.user, first.host, first.params) == ("repeat-me", "example.com", {"transport": "udp"})
-    assert first is not second and second is third
+    assert first is not second and second is not third and third is fourth
     na = "<sip:repeat-me@example.com>"
-    a, b, c = urimod.parse_name_addr(na), urimod.parse_name_addr(na), urimod.parse_name_addr(na)
-    assert str(a.uri) == str(b.uri) == "sip:repeat-me@example.com" and a is not b and b is c
+    a, b, c, d = (urimod.parse_name_addr(na) for _ in range(4))
+    assert str(a.uri) == str(b.uri) == "sip:repeat-me@example.com" and a is not b and b is not c and c is d
     cached = len(urimod._URI_CACHE)
     for i in range(3000):
         assert urimod.parse_uri(f"sip:w{i}@example.com").user == f"w{i}"

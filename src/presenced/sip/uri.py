@@ -219,20 +219,23 @@ def _opt_norm(s: str | None) -> str | None:
 
 _URI_CACHE: dict[str, SipURI] = {}
 _URI_CACHE_MAX = 32768
-_URI_SEEN: set[str] = set()
+_URI_SEEN: dict[str, int] = {}
 
 
-def seen_before(seen: set[str], text: str, limit: int) -> bool:
-    """Whether `text` was met before; remembers it if not. Caches keep a
-    parsed value only on its second sight: a text met once (a new dialog's
-    tag, a one-off watcher) would otherwise fill the cache with objects the
-    cyclic GC scans, while a phone's URIs repeat and are cached the next time.
-    Strings are nothing the GC looks at."""
-    if text in seen:
+def seen_before(seen: dict[str, int], text: str, limit: int) -> bool:
+    """Whether `text` was met twice before; counts it if not. Caches keep a
+    parsed value only from its third sight: a text met once or twice (a
+    one-off watcher, a dialog's Contact in its SUBSCRIBE and un-SUBSCRIBE)
+    would otherwise fill the cache with objects the cyclic GC scans, while
+    a phone's URIs keep repeating and are cached soon enough. Strings and
+    small ints are nothing the GC looks at."""
+    n = seen.get(text, 0)
+    if n >= 2:
+        del seen[text]
         return True
     if len(seen) >= limit:
         seen.clear()
-    seen.add(text)
+    seen[text] = n + 1
     return False
 
 
@@ -366,7 +369,7 @@ _NAME_ADDR_PLAIN = re.compile(r"<([^<>\s\"]*:[^<>\s\"]*)>(?:;([A-Za-z0-9.!%*_+`'
 # `<uri>` without parameters (a To before the dialog, most Contacts) repeats
 # per presentity: shared, read-only, like parse_uri's results.
 _PLAIN_NA_CACHE: dict[str, NameAddr] = {}
-_PLAIN_NA_SEEN: set[str] = set()
+_PLAIN_NA_SEEN: dict[str, int] = {}
 
 
 def parse_name_addr(text: str) -> NameAddr:
