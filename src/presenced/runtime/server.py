@@ -120,6 +120,10 @@ class Server:
         self.loop = asyncio.get_running_loop()
         self.core.engine.wall_offset = time.time() - self.loop.time()
         await self._open_store()
+        if self.http is not None:
+            # Before SIP: whoever sees SIP answered (a health check, a test)
+            # finds /health and /RPC up too.
+            await self.http.start()
         await self._open_listeners()
         self._housekeeping = self.loop.create_task(self._housekeeping_loop())
         clean_period = int(getattr(getattr(self.cfg, "presence", None), "clean_period", 100))
@@ -134,8 +138,6 @@ class Server:
         self._young_gcs = 0
         self._young_gc = self.loop.call_later(YOUNG_GC_PERIOD, self._collect_young)
         log.info("listening on %s (hot path: %s)", ", ".join(f"{p}:{h}:{n}" for p, h, n in self.bound), _build.MODE)
-        if self.http is not None:
-            await self.http.start()
 
     async def _open_listeners(self, socks: list | None = None) -> None:
         """Bind every --listen address (or use `socks`, one per address, bound
