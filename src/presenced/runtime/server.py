@@ -141,17 +141,22 @@ class Server:
 
     async def _open_listeners(self, socks: list | None = None) -> None:
         """Bind every --listen address (or use `socks`, one per address, bound
-        by the supervisor of several workers)."""
-        for i, (proto, host, port) in enumerate(self.listen_specs):
+        by the supervisor of several workers). Stream listeners first: UDP
+        is answered as soon as it is open (the loop runs between these
+        awaits), and whoever sees it answered must find TLS/TCP/WS open too."""
+        bound: dict[int, tuple[str, str, int]] = {}
+        specs = list(enumerate(self.listen_specs))
+        for i, (proto, host, port) in [x for x in specs if x[1][0] != "udp"] + [x for x in specs if x[1][0] == "udp"]:
             sock = socks[i] if socks is not None else None
             if proto == "udp":
                 l = await start_udp(host, port, self._on_message, sock)
                 self.udp.append(l)
-                self.bound.append(("udp", host, l.port))
+                bound[i] = ("udp", host, l.port)
             else:
                 srv = await self._listen_stream(proto, host, port, sock)
                 real = srv.sockets[0].getsockname()[1] if srv.sockets else port
-                self.bound.append((proto, host, real))
+                bound[i] = (proto, host, real)
+        self.bound.extend(bound[i] for i in sorted(bound))
 
     def _setup_secure_transports(self, cfg: Any) -> None:
         """TLS contexts and WebSocket settings, checked before anything binds
