@@ -87,6 +87,24 @@ def test_udp_transaction_lingers_for_timer_j(h):
     assert h.take() == []
 
 
+def test_retransmitted_response_leaves_on_the_socket_the_request_used(h):
+    """With rport the response goes back on the socket the request came in on
+    (the runtime's listener rides in Address.conn); so must its
+    retransmissions, or a server with several UDP addresses would answer a
+    retransmission from the wrong one."""
+    listener = object()
+    peer = Address("udp", "192.0.2.10", 5060, listener)
+    st = h.layer.receive_request(request(), peer)
+    assert isinstance(st, ServerTransaction)
+    h.layer.respond(st, OK, peer, h.now)
+    assert h.take() == [(OK, peer, None)]
+    h.advance_to(1.0)
+    assert h.layer.receive_request(request(), peer) is None
+    (data, dest, ct), = h.take()
+    assert data == OK and ct is None
+    assert (dest.transport, dest.host, dest.port) == ("udp", "192.0.2.10", 5060) and dest.conn is listener
+
+
 def test_timer_j_counts_from_the_final_response_not_the_request(h):
     st = new_tx(h)
     h.advance_to(2.0)

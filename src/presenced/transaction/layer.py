@@ -190,7 +190,9 @@ class ResponseLog:
 # A UDP server transaction after its final response, until Timer J, is a
 # `Completed` tuple of strings and numbers (after one young collection CPython
 # stops tracking it): (key, response bytes or ResponseLog chunk number, span,
-# destination host, destination port).
+# destination host, destination port, whether the response went out on the
+# request's own socket). The socket itself (an object) is not kept: a
+# retransmitted request arrives on it again and its source names it.
 
 
 def _no_result(resp: Response | None, now: float) -> None:
@@ -254,7 +256,13 @@ class TransactionLayer:
                     data = st[1]
                     if type(data) is not bytes:
                         data = self._responses.get(data, st[2])
-                    self.outbox.append((data, source if source.reliable else udp_address(st[3], st[4]), None))
+                    if source.reliable:
+                        dest = source
+                    elif st[5]:
+                        dest = Address("udp", st[3], st[4], source.conn)
+                    else:
+                        dest = udp_address(st[3], st[4])
+                    self.outbox.append((data, dest, None))
                 return None
             assert isinstance(st, ServerTransaction)
             # Completed: the final response; Proceeding: the latest provisional
@@ -286,10 +294,11 @@ class TransactionLayer:
             return
         logged = self._responses.put(data)
         done: tuple
+        own_socket = dest.conn is not None
         if logged is None:
-            done = (st.key, data, 0, dest.host, dest.port)
+            done = (st.key, data, 0, dest.host, dest.port, own_socket)
         else:
-            done = (st.key, logged[0], logged[1], dest.host, dest.port)
+            done = (st.key, logged[0], logged[1], dest.host, dest.port, own_socket)
         if self.server.get(st.key) is st:
             self.server[st.key] = done
         when = now + linger
