@@ -145,8 +145,7 @@ class Server:
         is answered as soon as it is open (the loop runs between these
         awaits), and whoever sees it answered must find TLS/TCP/WS open too."""
         bound: dict[int, tuple[str, str, int]] = {}
-        specs = list(enumerate(self.listen_specs))
-        for i, (proto, host, port) in [x for x in specs if x[1][0] != "udp"] + [x for x in specs if x[1][0] == "udp"]:
+        for i, (proto, host, port) in sorted(enumerate(self.listen_specs), key=lambda spec: spec[1][0] == "udp"):
             sock = socks[i] if socks is not None else None
             if proto == "udp":
                 l = await start_udp(host, port, self._on_message, sock)
