@@ -535,17 +535,30 @@ def test_parsed_uris_are_shared_once_they_repeat():
     """A URI met once or twice (a one-off watcher, a dialog's SUBSCRIBE and
     un-SUBSCRIBE) is parsed and let go: it must not stay in memory, nor be
     scanned by the cyclic GC; one that keeps repeating is parsed a third
-    time and from then on shared."""
+    time and from then on shared. Within one request (a few URIs apart) the
+    same text is parsed once."""
     from presenced.sip import uri as urimod
 
+    def flush_recent():
+        for i in range(urimod._RECENT_MAX + 1):
+            urimod.parse_uri(f"sip:flush{i}@example.org")
+
     text = "sip:repeat-me@example.com;transport=udp"
-    first, second, third, fourth = (urimod.parse_uri(text) for _ in range(4))
+    first = urimod.parse_uri(text)
+    assert urimod.parse_uri(text) is first  # same request: parsed once
+    flush_recent()
+    second = urimod.parse_uri(text)
+    flush_recent()
+    third = urimod.parse_uri(text)
+    flush_recent()
+    fourth = urimod.parse_uri(text)
     assert str(first) == str(second) == text and (first.user, first.host, first.params) == ("repeat-me", "example.com", {"transport": "udp"})
     assert first is not second and second is not third and third is fourth
     na = "<sip:repeat-me@example.com>"
     a, b, c, d = (urimod.parse_name_addr(na) for _ in range(4))
-    assert str(a.uri) == str(b.uri) == "sip:repeat-me@example.com" and a is not b and b is not c and c is d
+    assert str(a.uri) == "sip:repeat-me@example.com" and a is not b and b is not c and c is d
     cached = len(urimod._URI_CACHE)
     for i in range(3000):
         assert urimod.parse_uri(f"sip:w{i}@example.com").user == f"w{i}"
     assert len(urimod._URI_CACHE) <= cached
+    assert len(urimod._RECENT) <= urimod._RECENT_MAX  # one-offs do not pile up

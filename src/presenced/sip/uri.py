@@ -239,16 +239,31 @@ def seen_before(seen: dict[str, int], text: str, limit: int) -> bool:
     return False
 
 
+# The last few URIs parsed, whatever they were: one request names the same
+# URI several times (its Request-URI is its To URI and the presentity key; a
+# Contact is read when the dialog is made and again when its NOTIFY leaves).
+# Emptied when full, so it holds at most _RECENT_MAX short-lived objects.
+_RECENT: dict[str, SipURI] = {}
+_RECENT_MAX = 256
+
+
 def parse_uri(text: str) -> SipURI:
     """Parse a URI. Results are cached by text and shared: treat them as read-only."""
     cached = _URI_CACHE.get(text)
     if cached is not None:
         return cached
+    uri = _RECENT.get(text)
+    if uri is not None:
+        return uri
     uri = _parse_uri(text)
     if seen_before(_URI_SEEN, text, 8192):
         if len(_URI_CACHE) >= _URI_CACHE_MAX:
             _URI_CACHE.clear()  # phones repeat the same few URIs; a rare full reset is cheap
         _URI_CACHE[text] = uri
+    else:
+        if len(_RECENT) >= _RECENT_MAX:
+            _RECENT.clear()
+        _RECENT[text] = uri
     return uri
 
 
