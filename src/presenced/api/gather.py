@@ -163,7 +163,7 @@ class WorkerRpc(RpcService):
         name = "presence.subscription_show"
         tag = self._param(params, "to_tag", 1)
         if isinstance(tag, str):
-            owner = server.partition.owner_of_tag(tag.encode())
+            owner = server.partition.owner_of_tag(tag)
             if owner != server.index:
                 return await server.call_worker(owner, name, params)
         try:

@@ -5,7 +5,8 @@ key, ASCII case folded) & 0xffff`` modulo N (the engine's own key, so equal
 presentities always agree; FNV-1a is the same in every process, unlike
 ``hash()``, and simple enough for the kernel to compute, see below). A worker
 that reads a message it does not own hands it to the owner; this module
-decides, from the raw bytes, without a full parse:
+decides from the parsed message (the runtime parses each datagram once, before
+choosing: the top Via, To and Request-URI are what the owner reads next anyway):
 
 - a request with a To-tag: the tag presenced made for the dialog carries the
   presentity's 16-bit partition hash (``h1f2e.<64 random bits>``), so the
@@ -26,28 +27,22 @@ owner's socket and is not forwarded. It is only a hint: what it cannot decide
 goes to the kernel's own hash, and `Partitioner.classify` still checks every
 message.
 
-Sans-I/O: bytes in, a worker index out.
+Sans-I/O: a message (or bytes) in, a worker index out.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Callable
 
+from presenced.sip.errors import SipParseError
+from presenced.sip.message import Request, Response, parse_message
 from presenced.sip.tokens import token_hex
 
 TAG_MARK = "h"     # dialog tag: "h" + 4 hex digits of the partition hash + "."
 BRANCH_MARK = "w"  # Via branch: MAGIC + "w" + worker index + "."
-_TAG_MARK = TAG_MARK.encode("ascii")
 _CACHE_MAX = 65536
 
-# The header block ends at the first empty line; header names are case-insensitive
-# and have compact forms (t, v). Only the first match counts (top Via).
-_TO = re.compile(rb"\n(?:to|t)[ \t]*:([^\r\n]*)", re.I)
-_VIA = re.compile(rb"\n(?:via|v)[ \t]*:([^\r\n]*)", re.I)
-_TAG = re.compile(rb";[ \t]*tag[ \t]*=[ \t]*([^;, \t]+)", re.I)
-_BRANCH = re.compile(rb";[ \t]*branch[ \t]*=[ \t]*z9hG4bKw(\d{1,2})\.", re.I)
-_BY_URI = (b"PUBLISH", b"SUBSCRIBE", b"CANCEL")
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 FNV_BASIS = 0x811C9DC5
@@ -94,7 +89,7 @@ class Partitioner:
         self.workers = workers
         self.index = index
         self.presentity_key = presentity_key
-        self._by_uri: dict[bytes, int] = {}
+        self._by_uri: dict[str, int] = {}
 
     def dialog_tag(self, presentity: str) -> str:
         """Local tag of a new dialog: the partition hash, then 64 random bits."""
@@ -104,65 +99,60 @@ class Partitioner:
         return owner_of(presentity, self.workers) == self.index
 
     def classify(self, data: bytes) -> int:
-        """Index of the worker that must process `data` (this one when unsure)."""
+        """Index of the worker that must process raw `data` (this one when unsure)."""
         try:
-            return self._classify(data)
+            msg = parse_message(data)
+        except SipParseError:
+            return self.index
+        return self.owner_of_message(msg)
+
+    def owner_of_message(self, msg: Request | Response) -> int:
+        """Index of the worker that must process a parsed message (this one when
+        unsure). The runtime parses each datagram once, before choosing: the
+        fields this reads (top Via, To, Request-URI) are the ones the owner
+        reads next anyway."""
+        try:
+            return self._owner_of_message(msg)
         except Exception:  # malformed input of any shape: the local worker answers it
             return self.index
 
-    def _classify(self, data: bytes) -> int:
-        end = data.find(b"\r\n\r\n")
-        head = data if end < 0 else data[:end + 2]
-        sp = head.find(b" ")
-        if sp <= 0:
-            return self.index
-        if head.startswith(b"SIP/2.0 "):
-            m = _VIA.search(head)
-            if m is None:
+    def _owner_of_message(self, msg: Request | Response) -> int:
+        if isinstance(msg, Response):
+            # Our branches are "z9hG4bKw<index>.<random>" (branch_mark).
+            branch = msg.top_via.branch or ""
+            dot = branch.find(".", 8, 11)
+            if dot < 0 or branch[:8].lower() != "z9hg4bkw":
                 return self.index
-            b = _BRANCH.search(m.group(1).split(b",", 1)[0])
-            if b is None:
+            digits = branch[8:dot]
+            if not (digits.isascii() and digits.isdigit()):
                 return self.index
-            i = int(b.group(1))
+            i = int(digits)
             return i if i < self.workers else self.index
-        method = head[:sp]
-        m = _TO.search(head)
-        if m is None:
-            return self.index
-        to = m.group(1)
-        gt = to.rfind(b">")
-        t = _TAG.search(to, gt + 1 if gt >= 0 else 0)
-        if t is not None:
-            return self.owner_of_tag(t.group(1))
-        if method in _BY_URI:
-            line_end = head.find(b"\r\n")
-            uri = head[sp + 1:head.rfind(b" ", sp + 1, line_end if line_end > 0 else len(head))]
-        elif method == b"REGISTER":
-            uri = to.strip()
-            if gt >= 0:
-                lt = uri.find(b"<")
-                uri = uri[lt + 1:uri.find(b">", lt)] if lt >= 0 else uri
-            else:
-                uri = uri.split(b";", 1)[0]
-        else:
-            return self.index
-        return self._owner_of_uri(uri)
-
-    def owner_of_tag(self, tag: bytes) -> int:
-        """The owner of a dialog by its local tag; this worker for a tag not made
-        by a worker (it answers 481)."""
-        if tag[:1] == _TAG_MARK and tag[5:6] == b"." and len(tag) > 6:
-            try:
-                return int(tag[1:5], 16) % self.workers
-            except ValueError:
-                return self.index
+        to = msg.to
+        tag = to.tag
+        if tag:
+            return self.owner_of_tag(tag)
+        method = msg.method
+        if method == "PUBLISH" or method == "SUBSCRIBE" or method == "CANCEL":
+            return self._owner_of_uri(msg.uri_text)
+        if method == "REGISTER":
+            return self._owner_of_uri(to.uri_text)
         return self.index
 
-    def _owner_of_uri(self, uri: bytes) -> int:
+    def owner_of_tag(self, tag: str) -> int:
+        """The owner of a dialog by its local tag; this worker for a tag not made
+        by a worker (it answers 481)."""
+        if tag[:1] == TAG_MARK and tag[5:6] == "." and len(tag) > 6:
+            digits = tag[1:5]
+            if all(c in _HEX_DIGITS for c in digits):
+                return int(digits, 16) % self.workers
+        return self.index
+
+    def _owner_of_uri(self, uri: str) -> int:
         owner = self._by_uri.get(uri)
         if owner is None:
             try:
-                key = self.presentity_key(uri.decode("utf-8", "surrogateescape").strip())
+                key = self.presentity_key(uri.strip())
             except Exception:
                 return self.index  # the engine will answer 400/416 here
             owner = owner_of(key, self.workers)

@@ -172,14 +172,20 @@ class SipCore:
         self.tx.transport_failed(ct, now)
 
     # --------------------------------------------------------------- receive
-    def receive(self, data: bytes, source: Address, local: tuple[str, int], now: float, *, stream: bool = False) -> None:
+    def receive(self, data: bytes, source: Address, local: tuple[str, int], now: float, *, stream: bool = False,
+                parsed: Request | Response | None = None) -> None:
+        """Handle one message; `parsed` is `data` already parsed by the caller
+        (a worker parses before choosing the owner: not twice)."""
         self.engine.now = now
-        try:
-            msg = parse_message(data, stream=stream)
-        except SipParseError as e:
-            self.stats["parse_errors"] += 1
-            self._reject_unparsable(data, e, source)
-            return
+        if parsed is not None:
+            msg = parsed
+        else:
+            try:
+                msg = parse_message(data, stream=stream)
+            except SipParseError as e:
+                self.stats["parse_errors"] += 1
+                self._reject_unparsable(data, e, source)
+                return
         if isinstance(msg, Response):
             self.tx.receive_response(msg, now)
             return

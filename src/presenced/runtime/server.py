@@ -20,6 +20,7 @@ from presenced.core.server import SipCore
 from presenced.runtime.persistence import bounded
 from presenced.runtime.shared import LOAD_TIMEOUT, needs_sync
 from presenced.sip.errors import SipParseError
+from presenced.sip.message import Request, Response
 from presenced.transaction.layer import Address, ClientTransaction, server_key
 from presenced.transport.tcp import TcpConnection, TcpRegistry
 from presenced.transport.tls import client_context, server_context
@@ -431,14 +432,15 @@ class Server:
             self.tcp.sweep_idle()
 
     # -------------------------------------------------------------- receive
-    def _on_message(self, data: bytes, source: Address, local: tuple[str, int]) -> None:
+    def _on_message(self, data: bytes, source: Address, local: tuple[str, int],
+                    parsed: Request | Response | None = None) -> None:
         assert self.loop is not None
         if self.stopping and data.lstrip(b"\r\n")[:7].upper() != b"SIP/2.0":
             self.core.stats["dropped"] += 1  # shutting down: no new requests
             return
         if self._sync_queue is not None and needs_sync(data) and self._queue_for_sync(data, source, local):
             return
-        self.core.receive(data, source, local, self.loop.time(), stream=source.transport in FRAMED)
+        self.core.receive(data, source, local, self.loop.time(), stream=source.transport in FRAMED, parsed=parsed)
         self._flush()
 
     def _queue_for_sync(self, data: bytes, source: Address, local: tuple[str, int]) -> bool:

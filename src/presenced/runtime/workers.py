@@ -41,8 +41,10 @@ from typing import Any, Callable
 from presenced.api.gather import WorkerRpc, merge_metrics
 from presenced.api.rpc import INTERNAL_ERROR, RpcError, RpcService
 from presenced.core.partition import Partitioner, branch_mark
-from presenced.runtime.server import PROTOCOLS, Server
+from presenced.runtime.server import FRAMED, PROTOCOLS, Server
 from presenced.sip import tokens
+from presenced.sip.errors import SipParseError
+from presenced.sip.message import Request, Response, parse_message
 from presenced.transaction.layer import Address, ClientTransaction
 from presenced.transport.tcp import TcpConnection
 
@@ -276,9 +278,13 @@ class WorkerServer(Server):
 
     # ---------------------------------------------------------- receive
     def _on_message(self, data: bytes, source: Address, local: tuple[str, int]) -> None:
-        owner = self.partition.classify(data)
+        try:
+            msg: Request | Response | None = parse_message(data, stream=source.transport in FRAMED)
+        except SipParseError:
+            msg = None  # the core answers it (or drops it) as a single process would
+        owner = self.index if msg is None else self.partition.owner_of_message(msg)
         if owner == self.index:
-            Server._on_message(self, data, source, local)
+            Server._on_message(self, data, source, local, msg)
             return
         self.forwarded += 1
         t = source.transport
