@@ -7,6 +7,7 @@ ARGS ?=
 
 # The hot path is compiled with mypyc by `pip install` (setup.py); the list of
 # compiled modules is src/presenced/_build.py COMPILED_MODULES.
+C_SRC := src/presenced/sip/_scan.c
 COMPILED_SRC := $(shell $(PYTHON) -c 'exec(open("src/presenced/_build.py").read()); print(*source_paths("src"))' 2>/dev/null)
 
 $(VENV)/.installed: pyproject.toml setup.py
@@ -18,8 +19,8 @@ $(VENV)/.installed: pyproject.toml setup.py
 
 # An edited compiled module makes the editable install fall back to pure Python
 # ("stale build" warning): recompile before running anything.
-$(VENV)/.compiled: $(VENV)/.installed $(COMPILED_SRC) src/presenced/_build.py
-	@if [ -n "$$(find $(COMPILED_SRC) src/presenced/_build.py -newer $(VENV)/.installed)" ]; then \
+$(VENV)/.compiled: $(VENV)/.installed $(COMPILED_SRC) $(C_SRC) src/presenced/_build.py
+	@if [ -n "$$(find $(COMPILED_SRC) $(C_SRC) src/presenced/_build.py -newer $(VENV)/.installed)" ]; then \
 	  echo "recompiling the hot path (mypyc)"; $(PY) -m pip install -q --no-deps -e .; fi
 	touch $@
 

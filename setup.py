@@ -34,6 +34,7 @@ def _remove_inplace_extensions(b) -> None:
     from glob import glob
 
     old = glob(os.path.join(SRC, "presenced_native__mypyc*"))
+    old += glob(os.path.join(SRC, "presenced", "sip", "_scan.*.so"))
     for py in b["source_paths"](SRC):
         old += glob(py[:-3] + ".*.so") + glob(py[:-3] + ".*.pyd")
     for path in old:
@@ -87,7 +88,7 @@ def ext_modules():
     except ImportError as e:
         _warn(f"mypyc is not available ({e})")
         _remove_inplace_extensions(b)
-        return []
+        return c_extensions()
     try:
         exts = mypycify(
             ["--config-file", "pyproject.toml", *(os.path.relpath(p, HERE) for p in b["source_paths"](SRC))],
@@ -99,10 +100,19 @@ def ext_modules():
             raise
         _warn(f"mypyc could not compile the hot path ({type(e).__name__}: {e})")
         _remove_inplace_extensions(b)
-        return []
+        return c_extensions()
     for ext in exts:
         ext.optional = True
-    return exts
+    return exts + c_extensions()
+
+
+def c_extensions():
+    """Hand-written C for what mypyc cannot make fast (sip/_scan.c). Built in
+    the same pass; without it message.py parses every message itself."""
+    from setuptools import Extension
+
+    return [Extension("presenced.sip._scan", [os.path.join("src", "presenced", "sip", "_scan.c")],
+                      optional=True, extra_compile_args=["-O2"])]
 
 
 setup(ext_modules=ext_modules(), cmdclass={"build_ext": OptionalBuildExt})

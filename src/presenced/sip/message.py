@@ -9,8 +9,10 @@ cheap: only the headers the server needs are ever interpreted.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+import os
+from typing import Callable, Iterable
 
+from presenced._build import PURE_ENV, _truthy
 from presenced.sip.errors import MessageTooLarge, SipParseError
 from presenced.sip.headers import (
     MULTI_VALUE,
@@ -29,6 +31,17 @@ from presenced.sip.headers import (
     split_commas,
 )
 from presenced.sip.uri import NameAddr, SipURI, parse_name_addr, parse_uri
+
+# The C scanner of well-formed header blocks (sip/_scan.c), when it was
+# built and the pure-Python mode is not asked for; None otherwise.
+_scan_head: Callable[[bytes, dict[str, tuple[str, str]], int], tuple[str, list[tuple[str, str]], dict[str, list[str]], int] | None] | None
+if _truthy(os.environ.get(PURE_ENV)):
+    _scan_head = None
+else:
+    try:
+        from presenced.sip._scan import scan_head as _scan_head
+    except ImportError:
+        _scan_head = None
 
 MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 256 * 1024
@@ -447,14 +460,9 @@ def _decode(head: bytes) -> str:
         return head.decode("utf-8", "surrogateescape")
 
 
-def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
-    """Parse one message.
-
-    `stream=False` is datagram framing (RFC 3261 §18.3): a missing
-    Content-Length means the body runs to the end of the datagram, a larger
-    one is an error, a smaller one truncates. With `stream=True` the framer
-    has already cut the message at Content-Length.
-    """
+def _split_head(data: bytes) -> tuple[str, list[tuple[str, str]], dict[str, list[str]], int]:
+    """(start line, headers, index, body start): the general path, for any
+    input (bare LFs, folded lines, undecodable bytes, no blank line...)."""
     # Leading CRLFs before a message are allowed (§7.5).
     start = 0
     n = len(data)
@@ -478,6 +486,22 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     rest = head[nl + 1 :] if nl >= 0 else ""
     index: dict[str, list[str]] = {}
     headers = _split_headers(rest, index)
+    return first, headers, index, body_start
+
+
+def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
+    """Parse one message.
+
+    `stream=False` is datagram framing (RFC 3261 §18.3): a missing
+    Content-Length means the body runs to the end of the datagram, a larger
+    one is an error, a smaller one truncates. With `stream=True` the framer
+    has already cut the message at Content-Length.
+    """
+    scanned = _scan_head(data, _LINE_NAMES, MAX_HEADER_BYTES) if _scan_head is not None else None
+    if scanned is not None:
+        first, headers, index, body_start = scanned
+    else:
+        first, headers, index, body_start = _split_head(data)
     if len(headers) > MAX_HEADERS:
         raise MessageTooLarge("Message Too Large (too many headers)")
 

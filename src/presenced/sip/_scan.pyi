@@ -1,0 +1,3 @@
+def scan_head(
+    data: bytes, names: dict[str, tuple[str, str]], max_head: int, /
+) -> tuple[str, list[tuple[str, str]], dict[str, list[str]], int] | None: ...
