@@ -15,6 +15,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 /* What str.strip() removes from ASCII text (Py_UNICODE_ISSPACE below 128). */
@@ -29,8 +30,14 @@ is_strip_space(unsigned char c)
 static PyObject *
 text(const unsigned char *p, Py_ssize_t n, int *fallback)
 {
-    Py_ssize_t i;
-    for (i = 0; i < n; i++) {
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) { /* eight bytes at a time: any high bit set? */
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        if (w & 0x8080808080808080ULL)
+            break;
+    }
+    for (; i < n; i++) {
         if (p[i] >= 0x80) {
             PyObject *s = PyUnicode_DecodeUTF8((const char *)p, n, NULL);
             if (s == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
@@ -65,6 +72,71 @@ value_text(const unsigned char *p, Py_ssize_t n, int *fallback)
     return stripped;
 }
 
+/* Header names as received -> message.py's (name, key) pair, so that the
+ * dozen names every message repeats cost a hash of their bytes instead of a
+ * new str, its hash and a dict probe. Entries only ever point at pairs taken
+ * from `names` (never changed once added), and are dropped when another
+ * dict is passed. */
+#define NAME_SLOTS 256
+#define NAME_BYTES 32
+typedef struct {
+    Py_ssize_t len;
+    unsigned char bytes[NAME_BYTES];
+    PyObject *known; /* owned (name, key) tuple, or NULL */
+} name_slot;
+static name_slot name_cache[NAME_SLOTS];
+static PyObject *name_cache_dict; /* identity only, never dereferenced */
+
+static unsigned int
+name_hash(const unsigned char *p, Py_ssize_t n)
+{
+    unsigned int h = 2166136261u;
+    for (Py_ssize_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 16777619u;
+    return h;
+}
+
+static void
+name_cache_reset(PyObject *names)
+{
+    for (int i = 0; i < NAME_SLOTS; i++) {
+        Py_CLEAR(name_cache[i].known);
+        name_cache[i].len = 0;
+    }
+    name_cache_dict = names;
+}
+
+/* Borrowed (name, key) for the raw name, NULL with no error when unknown. */
+static PyObject *
+known_name(PyObject *names, const unsigned char *p, Py_ssize_t n)
+{
+    name_slot *slot = NULL;
+    if (n <= NAME_BYTES) {
+        slot = &name_cache[name_hash(p, n) & (NAME_SLOTS - 1)];
+        if (slot->known != NULL && slot->len == n && memcmp(slot->bytes, p, (size_t)n) == 0)
+            return slot->known;
+    }
+    PyObject *raw = PyUnicode_New(n, 127);
+    if (raw == NULL)
+        return NULL;
+    memcpy(PyUnicode_DATA(raw), p, (size_t)n);
+    PyObject *known = PyDict_GetItemWithError(names, raw); /* borrowed */
+    Py_DECREF(raw);
+    if (known == NULL)
+        return NULL;
+    if (!PyTuple_Check(known) || PyTuple_GET_SIZE(known) != 2) {
+        PyErr_SetString(PyExc_TypeError, "names values must be (name, key) tuples");
+        return NULL;
+    }
+    if (slot != NULL) {
+        Py_INCREF(known);
+        Py_XSETREF(slot->known, known);
+        slot->len = n;
+        memcpy(slot->bytes, p, (size_t)n);
+    }
+    return known;
+}
+
 /* scan_head(data, names, max_head) -> (start_line, headers, index, body_start) | None
  *
  * names: header text before the colon, as received -> (name, lookup key).
@@ -89,6 +161,8 @@ scan_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (limit > n)
         limit = n;
 
+    if (names != name_cache_dict)
+        name_cache_reset(names);
     int fallback = 0;
     PyObject *first = NULL, *headers = NULL, *index = NULL, *result = NULL;
 
@@ -103,7 +177,7 @@ scan_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (first == NULL)
         goto done;
     headers = PyList_New(0);
-    index = PyDict_New();
+    index = _PyDict_NewPresized(16); /* no resize for the usual dozen names */
     if (headers == NULL || index == NULL)
         goto done;
 
@@ -141,19 +215,10 @@ scan_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 goto done;
             }
         }
-        PyObject *raw = PyUnicode_New(name_len, 127);
-        if (raw == NULL)
-            goto done;
-        memcpy(PyUnicode_DATA(raw), d + pos, (size_t)name_len);
-        PyObject *known = PyDict_GetItemWithError(names, raw); /* borrowed */
-        Py_DECREF(raw);
+        PyObject *known = known_name(names, d + pos, name_len); /* borrowed */
         if (known == NULL) {
             if (!PyErr_Occurred())
                 fallback = 1; /* a name message.py has not checked yet */
-            goto done;
-        }
-        if (!PyTuple_Check(known) || PyTuple_GET_SIZE(known) != 2) {
-            PyErr_SetString(PyExc_TypeError, "names values must be (name, key) tuples");
             goto done;
         }
         PyObject *value = value_text(colon + 1, line_end - (colon - d) - 1, &fallback);
