@@ -1335,6 +1335,30 @@ def test_bad_vias(via: str) -> None:
         req(f"OPTIONS sip:a@example.com SIP/2.0\nVia: {via}\nl: 0\n").vias
 
 
+def test_a_repeated_sent_by_parses_the_same_and_a_bad_one_stays_bad() -> None:
+    """Via's sent-by is remembered per UA; the next Via from it, with other
+    parameters, must give the same fields, and a rejected one is rejected again."""
+    for _ in range(3):
+        for branch in ("z9hG4bKa", "z9hG4bKb"):
+            v = req(f"OPTIONS sip:a@example.com SIP/2.0\nVia: SIP/2.0/udp 10.1.2.3:5062;branch={branch};rport\nl: 0\n").top_via
+            assert (v.protocol, v.transport, v.host, v.port, v.branch, v.params) == (
+                "SIP/2.0", "UDP", "10.1.2.3", 5062, branch, {"branch": branch, "rport": None})
+        v = req("OPTIONS sip:a@example.com SIP/2.0\nVia: SIP/2.0/udp 10.1.2.3:5062\nl: 0\n").top_via
+        assert (v.host, v.port, v.params) == ("10.1.2.3", 5062, {})
+        with pytest.raises(SipParseError):
+            req("OPTIONS sip:a@example.com SIP/2.0\nVia: SIP/2.0/UDP 10.1.2.3:65536;branch=z9hG4bKc\nl: 0\n").vias
+
+
+def test_uri_hosts_and_control_characters_are_checked_on_every_sight() -> None:
+    from presenced.sip.uri import parse_uri
+
+    for _ in range(3):
+        assert parse_uri("sip:u@host-1.example.com:5060").host == "host-1.example.com"
+        for bad in ("sip:u@host-1.example.com\x7f", "sip:u@ho st", "sip:u@h\x00", "sip:u@h\u00a0x", "sip:u@h_ost!"):
+            with pytest.raises(SipParseError):
+                parse_uri(bad)
+
+
 def test_missing_via() -> None:
     with pytest.raises(SipParseError):
         req("OPTIONS sip:a@example.com SIP/2.0\nl: 0\n").top_via

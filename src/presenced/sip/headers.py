@@ -108,6 +108,26 @@ _LWS_COLON = re.compile(r"[ \t]*:[ \t]*")
 _VIA_COMMON = re.compile(r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9._-]+)(?::([0-9]{1,5}))?(?=;|\Z)")
 
 
+# Sent-protocol and sent-by as received (the Via before its first ';') ->
+# (transport, host, port): a UA sends the same one on every request, so the
+# regular expression runs once per UA, not per message.
+_SENT_BY: dict[str, tuple[str, str, int | None]] = {}
+
+
+def _sent_by(head: str) -> tuple[str, str, int | None] | None:
+    m = _VIA_COMMON.match(head)
+    if m is None:
+        return None
+    port = m.group(3)
+    if port is not None and not 0 < int(port) < 65536:
+        return None
+    known = (m.group(1).upper(), m.group(2), int(port) if port is not None else None)
+    if len(_SENT_BY) >= 1024:
+        _SENT_BY.clear()
+    _SENT_BY[head] = known
+    return known
+
+
 def _is_digits(s: str) -> bool:
     return s.isascii() and s.isdigit()
 
@@ -176,16 +196,16 @@ class Via:
 
     def __init__(self, raw: str) -> None:
         self.raw = raw
-        m = _VIA_COMMON.match(raw)
-        if m is not None and '"' not in raw:
-            port = m.group(3)
-            if port is None or 0 < int(port) < 65536:
+        if '"' not in raw:
+            semi = raw.find(";")
+            head = raw if semi < 0 else raw[:semi]
+            known = _SENT_BY.get(head)
+            if known is None:
+                known = _sent_by(head)
+            if known is not None:
                 self.protocol = "SIP/2.0"
-                self.transport = m.group(1).upper()
-                self.host = m.group(2)
-                self.port = int(port) if port is not None else None
-                end = m.end()
-                self.params = parse_params(raw[end + 1 :].split(";")) if end < len(raw) else {}
+                self.transport, self.host, self.port = known
+                self.params = parse_params(raw[semi + 1 :].split(";")) if semi >= 0 else {}
                 return
         parts = split_params(raw)
         sent = parts[0].strip()

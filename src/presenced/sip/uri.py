@@ -279,7 +279,9 @@ def _parse_uri(text: str) -> SipURI:
     if scheme not in _SIP_SCHEMES and not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
         raise SipParseError(f"invalid URI scheme in '{text[:60]}'")
     rest = text[colon + 1 :]
-    if _CTL_RE.search(text):
+    # ASCII (nearly always): no control character and no space is what
+    # isprintable() plus one `in` say, without a regular expression.
+    if (not text.isprintable() or " " in text) if text.isascii() else _CTL_RE.search(text) is not None:
         raise SipParseError(f"whitespace or control character in URI '{text[:60]}'")
     if scheme not in ("sip", "sips", "pres", "im"):
         if scheme == "tel":
@@ -313,6 +315,20 @@ def _parse_uri(text: str) -> SipURI:
     return SipURI(scheme, user, host, port, params, headers, password, raw=text)
 
 
+# Host names and IPv4 addresses that passed _HOST_RE: hosts repeat far more
+# than URIs do (every watcher of a domain, every user behind one proxy).
+_GOOD_HOSTS: set[str] = set()
+
+
+def _good_host(host: str) -> bool:
+    if not _HOST_RE.match(host):
+        return False
+    if len(_GOOD_HOSTS) >= 4096:
+        _GOOD_HOSTS.clear()
+    _GOOD_HOSTS.add(host)
+    return True
+
+
 def split_hostport(hostport: str, context: str = "") -> tuple[str, int | None]:
     if not hostport:
         raise SipParseError(f"missing host in '{(context or hostport)[:60]}'")
@@ -334,7 +350,7 @@ def split_hostport(hostport: str, context: str = "") -> tuple[str, int | None]:
         c = hostport.rfind(":")
         host = hostport if c < 0 else hostport[:c]
         # A ':' left in the host is an IPv6 address without [] (RFC 5118).
-        if not host or not _HOST_RE.match(host):
+        if not host or (host not in _GOOD_HOSTS and not _good_host(host)):
             raise SipParseError(f"invalid host in '{(context or hostport)[:60]}'")
         if c < 0:
             return host, None
