@@ -562,3 +562,29 @@ def test_parsed_uris_are_shared_once_they_repeat():
         assert urimod.parse_uri(f"sip:w{i}@example.com").user == f"w{i}"
     assert len(urimod._URI_CACHE) <= cached
     assert len(urimod._RECENT) <= urimod._RECENT_MAX  # one-offs do not pile up
+
+
+_na_text = st.text(alphabet=st.sampled_from(list("<>;=:@\"' \t\x7f\x1cabs1.-_~éx")), max_size=24)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(_na_text, _na_text.map(lambda s: "<sip:" + s), _na_text.map(lambda s: "<sip:a@b>;" + s)))
+def test_name_addr_shortcut_accepts_only_what_the_expression_accepts_alike(raw):
+    """uri._plain_parts (no regular expression) must give the expression's
+    groups for every input it takes, and decline the rest."""
+    from presenced.sip import uri as u
+
+    got = u._plain_parts(raw)
+    if got is not None:
+        m = u._NAME_ADDR_PLAIN.match(raw)
+        assert m is not None
+        assert got == (m.group(1), m.group(2) or "", m.group(3) or "")
+
+
+def test_name_addr_shortcut_takes_the_usual_shapes():
+    from presenced.sip import uri as u
+
+    assert u._plain_parts("<sip:w1@127.0.0.1>") == ("sip:w1@127.0.0.1", "", "")
+    assert u._plain_parts("<sip:w1@127.0.0.1>;tag=1234c1") == ("sip:w1@127.0.0.1", "tag", "1234c1")
+    na = u.parse_name_addr("<sip:w1@127.0.0.1:5061;transport=udp>;Tag=AbC")
+    assert (na.uri_text, na.params, na.tag) == ("sip:w1@127.0.0.1:5061;transport=udp", {"tag": "AbC"}, "AbC")

@@ -122,3 +122,4 @@ def test_c_and_python_agree_or_c_declines(data):
     got = c_path(data)  # the Python path may have learnt names meanwhile
     if got is not None:
         assert got == want
+

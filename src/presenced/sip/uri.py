@@ -403,17 +403,49 @@ _PLAIN_NA_CACHE: dict[str, NameAddr] = {}
 _PLAIN_NA_SEEN: dict[str, int] = {}
 
 
+def _plain_parts(raw: str) -> tuple[str, str, str] | None:
+    """`<uri>` or `<uri>;name=value` split without the regular expression, for
+    the ASCII inputs that are plainly of that shape: a subset of what
+    _NAME_ADDR_PLAIN accepts, with the same groups ("" for no parameter).
+    None leaves the decision to the expression."""
+    if raw[:1] != "<" or not raw.isascii():
+        return None
+    gt = raw.find(">")
+    if gt < 0:
+        return None
+    uri = raw[1:gt]
+    # isprintable() on ASCII: no control character; with no space, no whitespace.
+    if ":" not in uri or "<" in uri or '"' in uri or " " in uri or not uri.isprintable():
+        return None
+    if gt + 1 == len(raw):
+        return uri, "", ""
+    if raw[gt + 1] != ";":
+        return None
+    eq = raw.find("=", gt + 2)
+    if eq < 0:
+        return None
+    name = raw[gt + 2 : eq]
+    value = raw[eq + 1 :]
+    if not name.isalnum() or not value or ";" in value or '"' in value or " " in value or not value.isprintable():
+        return None
+    return uri, name, value
+
+
 def parse_name_addr(text: str) -> NameAddr:
     cached = _PLAIN_NA_CACHE.get(text)
     if cached is not None:
         return cached
     raw = text.strip()
-    m = _NAME_ADDR_PLAIN.match(raw)
-    if m is not None:
-        pname = m.group(2)
+    parts = _plain_parts(raw)
+    if parts is None:
+        m = _NAME_ADDR_PLAIN.match(raw)
+        if m is not None:
+            parts = (m.group(1), m.group(2) or "", m.group(3) or "")
+    if parts is not None:
+        pname = parts[1]
         if pname:
-            return NameAddr(None, m.group(1), {pname.lower(): m.group(3)}, raw)
-        na = NameAddr(None, m.group(1), {}, raw)
+            return NameAddr(None, parts[0], {pname.lower(): parts[2]}, raw)
+        na = NameAddr(None, parts[0], {}, raw)
         if seen_before(_PLAIN_NA_SEEN, text, 4096):
             if len(_PLAIN_NA_CACHE) >= 4096:
                 _PLAIN_NA_CACHE.clear()
