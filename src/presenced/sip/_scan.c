@@ -137,10 +137,12 @@ known_name(PyObject *names, const unsigned char *p, Py_ssize_t n)
     return known;
 }
 
-/* scan_head(data, names, max_head) -> (start_line, headers, index, body_start) | None
+/* scan_head(data, names, max_head) -> (start_line, index, body_start, count) | None
  *
  * names: header text before the colon, as received -> (name, lookup key).
- * headers: [(name, value)], index: {key: [values]} in message order. */
+ * index: {key: [values]} in message order; count: header lines. The ordered
+ * (name, value) list is left to message.py, which builds it only when asked
+ * (serialising a received message is rare). */
 static PyObject *
 scan_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -164,7 +166,8 @@ scan_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (names != name_cache_dict)
         name_cache_reset(names);
     int fallback = 0;
-    PyObject *first = NULL, *headers = NULL, *index = NULL, *result = NULL;
+    PyObject *first = NULL, *index = NULL, *result = NULL;
+    Py_ssize_t count = 0;
 
     /* Start line. */
     const unsigned char *nl = memchr(d + start, '\n', (size_t)(limit - start));
@@ -176,9 +179,8 @@ scan_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     first = text(d + start, eol - start, &fallback);
     if (first == NULL)
         goto done;
-    headers = PyList_New(0);
     index = _PyDict_NewPresized(16); /* no resize for the usual dozen names */
-    if (headers == NULL || index == NULL)
+    if (index == NULL)
         goto done;
 
     Py_ssize_t pos = eol + 2;
@@ -189,7 +191,7 @@ scan_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 fallback = 1;
                 goto done;
             }
-            result = Py_BuildValue("(OOOn)", first, headers, index, pos + 2);
+            result = Py_BuildValue("(OOnn)", first, index, pos + 2, count);
             goto done;
         }
         if (pos >= limit || d[pos] == ' ' || d[pos] == '\t' || d[pos] == '\r' || d[pos] == '\n') {
@@ -224,13 +226,7 @@ scan_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyObject *value = value_text(colon + 1, line_end - (colon - d) - 1, &fallback);
         if (value == NULL)
             goto done;
-        PyObject *pair = PyTuple_Pack(2, PyTuple_GET_ITEM(known, 0), value);
-        if (pair == NULL || PyList_Append(headers, pair) < 0) {
-            Py_XDECREF(pair);
-            Py_DECREF(value);
-            goto done;
-        }
-        Py_DECREF(pair);
+        count++;
         PyObject *key = PyTuple_GET_ITEM(known, 1);
         PyObject *vals = PyDict_GetItemWithError(index, key); /* borrowed */
         if (vals == NULL) {
@@ -259,7 +255,6 @@ scan_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 done:
     Py_XDECREF(first);
-    Py_XDECREF(headers);
     Py_XDECREF(index);
     if (result == NULL && !PyErr_Occurred() && fallback)
         Py_RETURN_NONE;
@@ -268,7 +263,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"scan_head", (PyCFunction)(void (*)(void))scan_head, METH_FASTCALL,
-     "scan_head(data, names, max_head) -> (start_line, headers, index, body_start) or None"},
+     "scan_head(data, names, max_head) -> (start_line, index, body_start, count) or None"},
     {NULL, NULL, 0, NULL},
 };
 

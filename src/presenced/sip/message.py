@@ -34,7 +34,7 @@ from presenced.sip.uri import NameAddr, SipURI, parse_name_addr, parse_uri
 
 # The C scanner of well-formed header blocks (sip/_scan.c), when it was
 # built and the pure-Python mode is not asked for; None otherwise.
-_scan_head: Callable[[bytes, dict[str, tuple[str, str]], int], tuple[str, list[tuple[str, str]], dict[str, list[str]], int] | None] | None
+_scan_head: Callable[[bytes, dict[str, tuple[str, str]], int], tuple[str, dict[str, list[str]], int, int] | None] | None
 if _truthy(os.environ.get(PURE_ENV)):
     _scan_head = None
 else:
@@ -84,12 +84,15 @@ def is_token(s: str) -> bool:
 class Message:
     """Common part of requests and responses."""
 
-    __slots__ = ("headers", "_index", "body", "_cache")
+    __slots__ = ("_headers", "_index", "body", "_cache", "_raw")
 
     def __init__(
-        self, headers: list[tuple[str, str]] | None = None, body: bytes = b"", _index: dict[str, list[str]] | None = None
+        self, headers: list[tuple[str, str]] | None = None, body: bytes = b"", _index: dict[str, list[str]] | None = None,
+        _raw: bytes | None = None,
     ) -> None:
-        self.headers: list[tuple[str, str]] = headers if headers is not None else []
+        # With `_raw` (parse_message's C path) the ordered list is made on first use.
+        self._headers: list[tuple[str, str]] | None = headers if headers is not None or _raw is not None else []
+        self._raw = _raw
         self.body = body
         self._cache: dict[str, object] = {}
         if _index is not None:  # parse_message built it while splitting
@@ -98,6 +101,19 @@ class Message:
         self._index = {}
         for name, value in self.headers:
             self._index.setdefault(normalize_name(name), []).append(value)
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """(name, value) in message order, names as received."""
+        h = self._headers
+        if h is None:
+            assert self._raw is not None
+            h = self._headers = _split_head(self._raw)[1]
+        return h
+
+    @headers.setter
+    def headers(self, value: list[tuple[str, str]]) -> None:
+        self._headers = value
 
     # -- raw access -------------------------------------------------------
     def get(self, name: str) -> str | None:
@@ -326,16 +342,18 @@ class Request(Message):
         headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
         _index: dict[str, list[str]] | None = None,
+        _raw: bytes | None = None,
     ) -> None:
-        super().__init__(headers, body, _index)
+        super().__init__(headers, body, _index, _raw)
         self.method = method
         self.uri_text = uri
         self._uri: SipURI | None = None
 
     @classmethod
-    def _parsed(cls, method: str, uri: str, headers: list[tuple[str, str]], index: dict[str, list[str]]) -> Request:
+    def _parsed(cls, method: str, uri: str, headers: list[tuple[str, str]] | None, index: dict[str, list[str]],
+                raw: bytes) -> Request:
         """parse_message's constructor: the index is already built."""
-        return cls(method, uri, headers, b"", index)
+        return cls(method, uri, headers, b"", index, raw)
 
     @property
     def uri(self) -> SipURI:
@@ -360,14 +378,16 @@ class Response(Message):
         headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
         _index: dict[str, list[str]] | None = None,
+        _raw: bytes | None = None,
     ) -> None:
-        super().__init__(headers, body, _index)
+        super().__init__(headers, body, _index, _raw)
         self.status = status
         self.reason = reason
 
     @classmethod
-    def _parsed(cls, status: int, reason: str, headers: list[tuple[str, str]], index: dict[str, list[str]]) -> Response:
-        return cls(status, reason, headers, b"", index)
+    def _parsed(cls, status: int, reason: str, headers: list[tuple[str, str]] | None, index: dict[str, list[str]],
+                raw: bytes) -> Response:
+        return cls(status, reason, headers, b"", index, raw)
 
     def _start_line(self) -> str:
         return f"SIP/2.0 {self.status} {self.reason}"
@@ -498,11 +518,14 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     has already cut the message at Content-Length.
     """
     scanned = _scan_head(data, _LINE_NAMES, MAX_HEADER_BYTES) if _scan_head is not None else None
+    headers: list[tuple[str, str]] | None
     if scanned is not None:
-        first, headers, index, body_start = scanned
+        first, index, body_start, count = scanned
+        headers = None
     else:
         first, headers, index, body_start = _split_head(data)
-    if len(headers) > MAX_HEADERS:
+        count = len(headers)
+    if count > MAX_HEADERS:
         raise MessageTooLarge("Message Too Large (too many headers)")
 
     body = data[body_start:]
@@ -517,7 +540,7 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
         status = int(parts[1])
         if status < 100 or status > 699:
             raise SipParseError("status code out of range", status=0)
-        msg = Response._parsed(status, parts[2] if len(parts) > 2 else "", headers, index)
+        msg = Response._parsed(status, parts[2] if len(parts) > 2 else "", headers, index, data)
     else:
         parts = first.split(" ")
         if len(parts) != 3:
@@ -533,7 +556,7 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
             raise SipParseError("malformed request line")
         if not uri or ":" not in uri or "<" in uri or ">" in uri:
             raise SipParseError("malformed Request-URI")
-        msg = Request._parsed(method, uri, headers, index)
+        msg = Request._parsed(method, uri, headers, index, data)
 
     cl_vals = msg._index.get("content-length")
     if cl_vals:
@@ -587,8 +610,31 @@ def build_response(
     Via, From, Call-ID and CSeq are copied verbatim; To gets `to_tag` when the
     request had none and the status is not 100.
     """
-    lines = [f"SIP/2.0 {status} {reason}"]
     idx = req._index
+    extra = ""
+    for name, value in headers:
+        extra += f"{name}: {value}\r\n"
+    vias = idx.get("via")
+    frm = idx.get("from")
+    to = idx.get("to")
+    cid = idx.get("call-id")
+    cseq = idx.get("cseq")
+    if vias is not None and len(vias) == 1 and frm and to and cid and cseq:
+        # The usual request (one Via line, every header present): one string
+        # built in one step instead of a list of lines joined.
+        tv = to[0]
+        if to_tag and status > 100:
+            try:
+                has_tag = req.to.tag is not None
+            except SipParseError:
+                has_tag = True
+            if not has_tag:
+                tv = f"{tv};tag={to_tag}"
+        head = (f"SIP/2.0 {status} {reason}\r\nVia: {vias[0]}\r\nFrom: {frm[0]}\r\nTo: {tv}\r\n"
+                f"Call-ID: {cid[0]}\r\nCSeq: {cseq[0]}\r\n{extra}Content-Length: {len(body)}\r\n\r\n")
+        data = head.encode("utf-8", "surrogateescape")
+        return data + body if body else data
+    lines = [f"SIP/2.0 {status} {reason}"]
     for v in idx.get("via", ()):
         lines.append("Via: " + v)
     for v in idx.get("from", ()):
@@ -611,7 +657,5 @@ def build_response(
     for v in idx.get("cseq", ()):
         lines.append("CSeq: " + v)
         break
-    for name, value in headers:
-        lines.append(f"{name}: {value}")
-    lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
+    return ("\r\n".join(lines) + "\r\n" + extra + f"Content-Length: {len(body)}\r\n\r\n").encode(
+        "utf-8", "surrogateescape") + body
