@@ -46,6 +46,9 @@ def test_ci_runs_the_compiled_hot_path():
     for name in _build.COMPILED_MODULES:
         mod = importlib.import_module(name)
         assert isinstance(mod.__loader__, ExtensionFileLoader), name
+    from presenced.sip import message
+
+    assert message._scan_head is not None, "sip/_scan.c was not built"
 
 
 @pytest.mark.timeout(240)
@@ -59,6 +62,8 @@ def test_pure_python_sources_pass_the_sans_io_tests():
         "print('MODE', _build.MODE)\n"
         "print('LOADED', len(loaded), sorted(m for m, f in loaded.items() if f.endswith('.py')))\n"
         "print('NOT-PY', sorted(m for m, f in loaded.items() if not f.endswith('.py')))\n"
+        "from presenced.sip import message\n"
+        "print('SCAN', message._scan_head)\n"
         "sys.exit(rc)\n"
     )
     env = dict(os.environ, **{_build.PURE_ENV: "1"})
@@ -70,6 +75,7 @@ def test_pure_python_sources_pass_the_sans_io_tests():
     assert r.returncode == 0, out[-4000:] + r.stderr[-2000:]
     assert f"MODE pure Python ({_build.PURE_ENV}=1)" in out
     assert "NOT-PY []" in out, out[-2000:]
+    assert "SCAN None" in out  # the C scanner is off too: the Python path is what runs
     for name in ("presenced.sip.message", "presenced.sip.uri", "presenced.transaction.layer",
                  "presenced.core.engine", "presenced.core.server"):
         assert repr(name) in out.split("LOADED", 1)[1], name
