@@ -100,6 +100,7 @@ def test_young_generation_is_collected_by_time(monkeypatch):
         return real(generation)
 
     monkeypatch.setattr(runtime_server, "YOUNG_GC_PERIOD", 0.05)
+    monkeypatch.setattr(runtime_server, "YOUNG_GC_IDLE", 0)  # collect even when idle
     monkeypatch.setattr(runtime_server, "MIDDLE_GC_EVERY", 3)
     monkeypatch.setattr(runtime_server, "FULL_GC_EVERY", 8)
     monkeypatch.setattr(gc, "collect", counting)
@@ -123,6 +124,7 @@ def test_a_cycle_that_outlives_young_collections_is_freed(monkeypatch):
     import weakref
 
     monkeypatch.setattr(runtime_server, "YOUNG_GC_PERIOD", 0.05)
+    monkeypatch.setattr(runtime_server, "YOUNG_GC_IDLE", 0)
     monkeypatch.setattr(runtime_server, "MIDDLE_GC_EVERY", 4)
     monkeypatch.setattr(runtime_server, "FULL_GC_EVERY", 10_000)
     srv = LiveServer().start()
@@ -141,3 +143,34 @@ def test_a_cycle_that_outlives_young_collections_is_freed(monkeypatch):
         assert gone() is None
     finally:
         srv.stop()
+
+
+def test_an_idle_server_skips_the_timed_collections(monkeypatch):
+    """Few new objects: no collection, and the timer backs off (an idle worker
+    must not wake ten times a second); a burst of new objects is collected
+    again within the next look."""
+    import gc
+
+    calls: list[int] = []
+    real = gc.collect
+
+    def counting(generation: int = 2) -> int:
+        calls.append(generation)
+        return real(generation)
+
+    monkeypatch.setattr(runtime_server, "YOUNG_GC_PERIOD", 0.02)
+    monkeypatch.setattr(runtime_server, "YOUNG_GC_IDLE_PERIOD", 0.3)
+    monkeypatch.setattr(runtime_server, "YOUNG_GC_IDLE", 10**9)  # everything counts as idle
+    monkeypatch.setattr(gc, "collect", counting)
+    srv = LiveServer().start()
+    try:
+        time.sleep(0.2)
+        calls.clear()
+        time.sleep(0.7)
+        assert calls.count(0) == 0, calls  # at 0.02 s there would have been ~35
+        monkeypatch.setattr(runtime_server, "YOUNG_GC_IDLE", 0)  # now every look finds work
+        time.sleep(0.7)
+        assert calls.count(0) >= 5, calls  # back to the short period after the next look
+    finally:
+        srv.stop()
+

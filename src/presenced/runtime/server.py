@@ -39,6 +39,8 @@ TIMER_SLACK = 0.005
 YOUNG_GC_PERIOD = 0.1  # seconds between timed young-generation collections (see _collect_young)
 MIDDLE_GC_EVERY = 20  # every 20th timed collection also takes the middle generation (2 s)
 FULL_GC_EVERY = 6000  # every 6,000th, all generations (10 min)
+YOUNG_GC_IDLE = 400   # fewer new objects than this since the last collection: not worth one ...
+YOUNG_GC_IDLE_PERIOD = 1.0  # ... and look again after this long (an idle worker wakes 1/s, not 10/s)
 FANOUT_CHUNK = 16   # NOTIFYs of one fan-out built before they are sent ...
 FANOUT_PASS = 256   # ... and sent before other callbacks get the loop
 
@@ -419,12 +421,21 @@ class Server:
         middle generation and every FULL_GC_EVERY-th all of them: a reference
         cycle that outlived its first young collection is still freed. (What
         lingers by the thousand - transactions, timer entries - is untracked
-        by then; the middle generation holds what the last 2 s left alive.)"""
+        by then; the middle generation holds what the last 2 s left alive.)
+        With fewer than YOUNG_GC_IDLE new objects the collection is skipped
+        and the next look is YOUNG_GC_IDLE_PERIOD later: at a few requests
+        per second the wake-ups were most of an idle worker's CPU."""
+        delay = YOUNG_GC_PERIOD
         if gc.isenabled():
-            n = self._young_gcs = self._young_gcs + 1
-            gc.collect(2 if n % FULL_GC_EVERY == 0 else 1 if n % MIDDLE_GC_EVERY == 0 else 0)
+            if gc.get_count()[0] < YOUNG_GC_IDLE:
+                # Idle or nearly (a low request rate): nothing to gain from a
+                # collection, and each timer wake-up costs CPU of its own.
+                delay = YOUNG_GC_IDLE_PERIOD
+            else:
+                n = self._young_gcs = self._young_gcs + 1
+                gc.collect(2 if n % FULL_GC_EVERY == 0 else 1 if n % MIDDLE_GC_EVERY == 0 else 0)
         assert self.loop is not None
-        self._young_gc = self.loop.call_later(YOUNG_GC_PERIOD, self._collect_young)
+        self._young_gc = self.loop.call_later(delay, self._collect_young)
 
     async def _housekeeping_loop(self) -> None:
         while True:
@@ -534,7 +545,14 @@ class Server:
 
     # ----------------------------------------------------------------- send
     def _flush(self) -> None:
-        self._send_outbox()
+        outbox = self.core.outbox
+        if self.persistence is None:  # memory only: nothing is held for a commit
+            if outbox:
+                items = outbox[:]
+                outbox.clear()
+                self._send_items(items)
+        else:
+            self._send_outbox()
         engine = self.core.engine
         if engine._fanout and not self._draining:
             assert self.loop is not None
