@@ -597,6 +597,19 @@ def check_request(req: Request) -> None:
     req.max_forwards  # noqa: B018
 
 
+def _response_to(req: Request, value: str, status: int, to_tag: str | None) -> str:
+    """The response's To: the request's, with `to_tag` added when it had none
+    (not on 100 Trying)."""
+    if to_tag and status > 100:
+        try:
+            has_tag = req.to.tag is not None
+        except SipParseError:
+            has_tag = True
+        if not has_tag:
+            return f"{value};tag={to_tag}"
+    return value
+
+
 def build_response(
     req: Request,
     status: int,
@@ -622,14 +635,7 @@ def build_response(
     if vias is not None and len(vias) == 1 and frm and to and cid and cseq:
         # The usual request (one Via line, every header present): one string
         # built in one step instead of a list of lines joined.
-        tv = to[0]
-        if to_tag and status > 100:
-            try:
-                has_tag = req.to.tag is not None
-            except SipParseError:
-                has_tag = True
-            if not has_tag:
-                tv = f"{tv};tag={to_tag}"
+        tv = _response_to(req, to[0], status, to_tag)
         head = (f"SIP/2.0 {status} {reason}\r\nVia: {vias[0]}\r\nFrom: {frm[0]}\r\nTo: {tv}\r\n"
                 f"Call-ID: {cid[0]}\r\nCSeq: {cseq[0]}\r\n{extra}Content-Length: {len(body)}\r\n\r\n")
         data = head.encode("utf-8", "surrogateescape")
@@ -642,14 +648,7 @@ def build_response(
         break
     to = idx.get("to")
     if to:
-        tv = to[0]
-        if to_tag and status > 100:
-            try:
-                has_tag = req.to.tag is not None
-            except SipParseError:
-                has_tag = True
-            if not has_tag:
-                tv = f"{tv};tag={to_tag}"
+        tv = _response_to(req, to[0], status, to_tag)
         lines.append("To: " + tv)
     for v in idx.get("call-id", ()):
         lines.append("Call-ID: " + v)
