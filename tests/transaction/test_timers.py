@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from presenced.transaction import TimerHandle, TimerHeap
+from presenced.transaction.timers import DelayQueue
 
 
 def collector():
@@ -223,3 +224,21 @@ def test_cancel_lets_go_of_the_callback_and_its_arguments():
     gc.collect()
     assert [r() for r in refs] == [None, None]
     assert heap.run_due(31.0) == 0
+
+
+def test_lax_queue_heads_count_late_but_run_on_any_wake_up():
+    """Timer J / K queues (lax): next_deadline reports their head `lax_slack`
+    late, and run_due expires whatever of them is due, whoever woke it."""
+    th = TimerHeap()
+    fired: list[tuple[float, str]] = []
+    lax = DelayQueue(th, lambda now, item: fired.append((now, item)), lax=True)
+    assert lax.add(1.0, "j1") and lax.add(1.5, "j2")
+    assert th.next_deadline() == 1.0 and th.next_deadline(lax_slack=1.0) == 2.0
+    th.schedule(1.2, lambda now: fired.append((now, "precise")))
+    assert th.next_deadline(lax_slack=1.0) == 1.2
+    th.run_due(1.2)  # the precise timer's wake-up also takes the due lax item
+    assert fired == [(1.2, "j1"), (1.2, "precise")] or fired == [(1.2, "precise"), (1.2, "j1")]
+    assert th.next_deadline(lax_slack=1.0) == 2.5
+    th.run_due(2.5)
+    assert fired[-1] == (2.5, "j2") and th.next_deadline(lax_slack=1.0) is None and len(lax) == 0
+

@@ -32,6 +32,9 @@ SUPPORTED_SCHEMES = frozenset({"sip", "sips", "pres", "tel", "im"})
 SERVER_HEADER = ("Server", f"presenced/{__version__}")
 
 
+# How late Timer J / Timer K may run (their state only lingers longer).
+LAX_TIMER_SLACK = 1.0
+
 def _opt(cfg: Any, section: str, name: str, default: Any) -> Any:
     sec = getattr(cfg, section, None) if cfg is not None else None
     return getattr(sec, name, default) if sec is not None else default
@@ -155,7 +158,10 @@ class SipCore:
 
     # ---------------------------------------------------------------- timers
     def next_deadline(self) -> float | None:
-        return self.timers.next_deadline()
+        """When the runtime must call `handle_timers`: clean-up timers (Timer
+        J, Timer K) count LAX_TIMER_SLACK late, so at low rates they do not
+        wake the process once per request (they run with whatever wakes it)."""
+        return self.timers.next_deadline(LAX_TIMER_SLACK)
 
     def handle_timers(self, now: float) -> None:
         self.engine.now = now

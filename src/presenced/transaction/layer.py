@@ -230,13 +230,13 @@ class TransactionLayer:
         self.client: dict[str, ClientTransaction] = {}
         self.outbox: list[tuple[bytes, Address, ClientTransaction | None]] = []
         # Timers J and K have fixed durations: queues instead of a heap entry each.
-        self._linger = DelayQueue(timers, self._timer_j)
+        self._linger = DelayQueue(timers, self._timer_j, lax=True)
         self._responses = ResponseLog()
         # Timer K: the keys of answered UDP NOTIFYs whose retransmitted
         # final responses are still absorbed (strings: the transaction itself
         # is gone once its result is reported).
         self._absorbing: set[str] = set()
-        self._absorb = DelayQueue(timers, self._timer_k)
+        self._absorb = DelayQueue(timers, self._timer_k, lax=True)
         # Timer E's first firing is T1 after sending, for every UDP NOTIFY: a
         # queue, not a heap entry and handle each (only a retransmission,
         # rare, takes the heap).

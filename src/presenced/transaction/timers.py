@@ -46,12 +46,15 @@ _HANDLE = None
 
 
 class TimerHeap:
-    __slots__ = ("_heap", "_seq")
+    __slots__ = ("_heap", "_seq", "_lax")
 
     def __init__(self) -> None:
         # (when, seq, callback, arg): callback None = arg is a TimerHandle.
         self._heap: list[tuple[float, int, Any, Any]] = []
         self._seq = itertools.count()
+        # Lax DelayQueues (clean-up that may run late: Timer J, Timer K): not
+        # in the heap; their heads count `lax_slack` late in next_deadline.
+        self._lax: list[DelayQueue] = []
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -65,11 +68,21 @@ class TimerHeap:
         """Run `callback(now, arg)` at `when`; no handle, cannot be cancelled."""
         heapq.heappush(self._heap, (when, next(self._seq), callback, arg))
 
-    def next_deadline(self) -> float | None:
+    def next_deadline(self, lax_slack: float = 0.0) -> float | None:
+        """When `run_due` next has work; lax queues' heads `lax_slack` later
+        (the runtime wakes for them at most once per slack, and any earlier
+        wake-up runs them too)."""
         heap = self._heap
         while heap and heap[0][2] is _HANDLE and heap[0][3].cancelled:
             heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        best = heap[0][0] if heap else None
+        for q in self._lax:
+            whens = q.whens
+            if whens:
+                w = whens[0] + lax_slack
+                if best is None or w < best:
+                    best = w
+        return best
 
     def run_due(self, now: float) -> int:
         """Fire every timer due at `now`; returns how many fired."""
@@ -86,6 +99,9 @@ class TimerHeap:
             h.cancelled = True
             h.callback(now, *h.args)
             fired += 1
+        for q in self._lax:
+            if q.whens and q.whens[0] <= now:
+                fired += q.expire_due(now)
         return fired
 
 
@@ -101,14 +117,19 @@ class DelayQueue:
     on the heap.
     """
 
-    __slots__ = ("timers", "expire", "whens", "items", "handle")
+    __slots__ = ("timers", "expire", "whens", "items", "handle", "lax")
 
-    def __init__(self, timers: TimerHeap, expire: Callable[[float, Any], Any]) -> None:
+    def __init__(self, timers: TimerHeap, expire: Callable[[float, Any], Any], lax: bool = False) -> None:
         self.timers = timers
         self.expire = expire
         self.whens: deque[float] = deque()
         self.items: deque[Any] = deque()
         self.handle: TimerHandle | None = None
+        # Lax: no heap entry; TimerHeap.run_due expires what is due whenever it
+        # runs, and next_deadline reports the head late by the runtime's slack.
+        self.lax = lax
+        if lax:
+            timers._lax.append(self)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -119,9 +140,21 @@ class DelayQueue:
             return False
         whens.append(when)
         self.items.append(item)
-        if self.handle is None:
+        if self.handle is None and not self.lax:
             self.handle = self.timers.schedule(when, self._run)
         return True
+
+    def expire_due(self, now: float) -> int:
+        """A lax queue's turn: expire every item due by `now`."""
+        whens = self.whens
+        items = self.items
+        expire = self.expire
+        n = 0
+        while whens and whens[0] <= now:
+            whens.popleft()
+            expire(now, items.popleft())
+            n += 1
+        return n
 
     def _run(self, now: float) -> None:
         whens = self.whens
