@@ -94,9 +94,10 @@ def test_a_header_block_over_the_limit_is_refused_by_the_python_path():
         m.parse_message(data)
 
 
-def test_wrong_arguments_raise_type_error():
+def test_wrong_arguments_raise_type_error_and_other_buffers_are_declined():
+    assert scan(bytearray(SUBSCRIBE), m._LINE_NAMES, 100) is None  # the Python path takes it
     with pytest.raises(TypeError):
-        scan("text", {}, 10)
+        scan(SUBSCRIBE, ["not a dict"], 10)
     with pytest.raises(TypeError):
         scan(b"OPTIONS sip:a@b SIP/2.0\r\nVia: x\r\n\r\n", {"Via": "not a tuple"}, 100)
 

@@ -146,10 +146,12 @@ known_name(PyObject *names, const unsigned char *p, Py_ssize_t n)
 static PyObject *
 scan_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3 || !PyBytes_Check(args[0]) || !PyDict_Check(args[1])) {
+    if (nargs != 3 || !PyDict_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError, "scan_head(data: bytes, names: dict, max_head: int)");
         return NULL;
     }
+    if (!PyBytes_Check(args[0]))
+        Py_RETURN_NONE; /* a bytearray or memoryview: the Python path takes any of them */
     PyObject *names = args[1];
     Py_ssize_t max_head = PyLong_AsSsize_t(args[2]);
     if (max_head == -1 && PyErr_Occurred())
