@@ -86,10 +86,8 @@ def test_write_through_commits_before_the_200_without_a_writer_task(tmp_path):
         srv.stop()
 
 
-def test_young_generation_is_collected_by_time(monkeypatch):
-    """In steady state CPython's allocation count may never reach its threshold
-    (old state expiring offsets the new), so the runtime collects the young
-    generation every YOUNG_GC_PERIOD: no collection ever has a large backlog."""
+def _count_collections(monkeypatch) -> list[int]:
+    """Record the generation of every gc.collect() call (collections still run)."""
     import gc
 
     calls: list[int] = []
@@ -99,11 +97,19 @@ def test_young_generation_is_collected_by_time(monkeypatch):
         calls.append(generation)
         return real(generation)
 
+    monkeypatch.setattr(gc, "collect", counting)
+    return calls
+
+
+def test_young_generation_is_collected_by_time(monkeypatch):
+    """In steady state CPython's allocation count may never reach its threshold
+    (old state expiring offsets the new), so the runtime collects the young
+    generation every YOUNG_GC_PERIOD: no collection ever has a large backlog."""
+    calls = _count_collections(monkeypatch)
     monkeypatch.setattr(runtime_server, "YOUNG_GC_PERIOD", 0.05)
     monkeypatch.setattr(runtime_server, "YOUNG_GC_IDLE", 0)  # collect even when idle
     monkeypatch.setattr(runtime_server, "MIDDLE_GC_EVERY", 3)
     monkeypatch.setattr(runtime_server, "FULL_GC_EVERY", 8)
-    monkeypatch.setattr(gc, "collect", counting)
     srv = LiveServer().start()
     try:
         time.sleep(0.6)
@@ -149,19 +155,10 @@ def test_an_idle_server_skips_the_timed_collections(monkeypatch):
     """Few new objects: no collection, and the timer backs off (an idle worker
     must not wake ten times a second); a burst of new objects is collected
     again within the next look."""
-    import gc
-
-    calls: list[int] = []
-    real = gc.collect
-
-    def counting(generation: int = 2) -> int:
-        calls.append(generation)
-        return real(generation)
-
+    calls = _count_collections(monkeypatch)
     monkeypatch.setattr(runtime_server, "YOUNG_GC_PERIOD", 0.02)
     monkeypatch.setattr(runtime_server, "YOUNG_GC_IDLE_PERIOD", 0.3)
     monkeypatch.setattr(runtime_server, "YOUNG_GC_IDLE", 10**9)  # everything counts as idle
-    monkeypatch.setattr(gc, "collect", counting)
     srv = LiveServer().start()
     try:
         time.sleep(0.2)

@@ -35,6 +35,7 @@ SERVER_HEADER = ("Server", f"presenced/{__version__}")
 # How late Timer J / Timer K may run (their state only lingers longer).
 LAX_TIMER_SLACK = 1.0
 
+
 def _opt(cfg: Any, section: str, name: str, default: Any) -> Any:
     sec = getattr(cfg, section, None) if cfg is not None else None
     return getattr(sec, name, default) if sec is not None else default

@@ -545,14 +545,7 @@ class Server:
 
     # ----------------------------------------------------------------- send
     def _flush(self) -> None:
-        outbox = self.core.outbox
-        if self.persistence is None:  # memory only: nothing is held for a commit
-            if outbox:
-                items = outbox[:]
-                outbox.clear()
-                self._send_items(items)
-        else:
-            self._send_outbox()
+        self._send_outbox()
         engine = self.core.engine
         if engine._fanout and not self._draining:
             assert self.loop is not None

@@ -278,18 +278,13 @@ class WorkerServer(Server):
 
     # ---------------------------------------------------------- receive
     def _on_message(self, data: bytes, source: Address, local: tuple[str, int]) -> None:
-        stream = source.transport in FRAMED
         try:
-            msg: Request | Response | None = parse_message(data, stream=stream)
+            msg: Request | Response | None = parse_message(data, stream=source.transport in FRAMED)
         except SipParseError:
             msg = None  # the core answers it (or drops it) as a single process would
         owner = self.index if msg is None else self.partition.owner_of_message(msg)
         if owner == self.index:
-            if self._sync_queue is None and not self.stopping and self.loop is not None:
-                self.core.receive(data, source, local, self.loop.time(), stream=stream, parsed=msg)
-                self._flush()  # Server._on_message, inlined: this runs per datagram
-            else:
-                Server._on_message(self, data, source, local, msg)
+            Server._on_message(self, data, source, local, msg)
             return
         self.forwarded += 1
         t = source.transport

@@ -100,8 +100,7 @@ class TimerHeap:
             h.callback(now, *h.args)
             fired += 1
         for q in self._lax:
-            if q.whens and q.whens[0] <= now:
-                fired += q.expire_due(now)
+            fired += q.expire_due(now)
         return fired
 
 
@@ -145,7 +144,7 @@ class DelayQueue:
         return True
 
     def expire_due(self, now: float) -> int:
-        """A lax queue's turn: expire every item due by `now`."""
+        """Expire every item due by `now` (a lax queue's turn, or the head's timer)."""
         whens = self.whens
         items = self.items
         expire = self.expire
@@ -157,12 +156,8 @@ class DelayQueue:
         return n
 
     def _run(self, now: float) -> None:
-        whens = self.whens
-        items = self.items
-        expire = self.expire
         try:
-            while whens and whens[0] <= now:
-                whens.popleft()
-                expire(now, items.popleft())
+            self.expire_due(now)
         finally:  # a failing callback must not leave the rest without a timer
+            whens = self.whens
             self.handle = self.timers.schedule(whens[0], self._run) if whens else None
