@@ -107,7 +107,8 @@ async def test_keys_are_case_sensitive(store):
     assert len(await store.load_presentities(NOW)) == 3
     assert len(await store.load_active_watchers(NOW)) == 2
     assert await store.load_presentity("Alice", "example.com", "presence", NOW) == [rows[1]]
-    assert await store.find_etag("e1") == rows[2]
+    assert await store.find_etag("alice", "example.com", "presence", "e1") == rows[2]
+    assert await store.find_etag("Alice", "example.com", "presence", "E1") == rows[1]
 
 
 async def test_publish_refresh_is_delete_plus_upsert(store):
@@ -117,8 +118,8 @@ async def test_publish_refresh_is_delete_plus_upsert(store):
     new = pres(etag="new", ruid="pres-abc", body=b"<a/>", expires=FUTURE + 60)
     await store.write(Batch(presentity_deletes=[old.key], presentity_upserts=[new]))
     assert by_key(await store.load_presentities(NOW)) == by_key([new, other])
-    assert await store.find_etag("old") is None
-    assert await store.find_etag("new") == new
+    assert await store.find_etag("alice", "example.com", "presence", "old") is None
+    assert await store.find_etag("alice", "example.com", "presence", "new") == new
 
 
 async def test_deletes(store):
@@ -209,8 +210,10 @@ async def test_db_only_lookups(store):
     await store.write(Batch(presentity_upserts=[a1, a2, a_expired, other_event, other_user]))
     assert await store.load_presentity("alice", "example.com", "presence", NOW) == [a2, a1]
     assert await store.load_presentity("nobody", "example.com", "presence", NOW) == []
-    assert await store.find_etag("a3") == a_expired  # expired rows are still found
-    assert await store.find_etag("missing") is None
+    assert await store.find_etag("alice", "example.com", "presence", "a3") == a_expired  # expired rows are still found
+    assert await store.find_etag("alice", "example.com", "presence", "missing") is None
+    assert await store.find_etag("bob", "example.com", "presence", "a3") is None  # the key, not the ETag alone
+    assert await store.find_etag("alice", "example.com", "dialog", "a3") is None
 
     s1 = aw(callid="s1", expires=FUTURE)
     s2 = aw(callid="s2", expires=FUTURE, watcher_username="carol")

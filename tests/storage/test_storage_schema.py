@@ -170,7 +170,7 @@ async def check_kamailio_rows(store: Store) -> None:
     w = aw(callid="ours")
     await store.write(Batch(watcher_upserts=[w], ext_upserts=[ext_for(w)], presentity_upserts=[pres(etag="ours")]))
     assert await store.load_subscription("ours", w.to_tag, w.from_tag) == (w, ext_for(w))
-    assert await store.find_etag("ours") == pres(etag="ours")
+    assert await store.find_etag("alice", "example.com", "presence", "ours") == pres(etag="ours")
     doc = xcap(doc=b"\xff<ruleset/>")
     await store.put_xcap(doc)
     await store.put_xcap(doc)

@@ -17,7 +17,7 @@ async def test_pragmas(tmp_path):
     await store.connect()
     try:
         assert await store._fetch("PRAGMA journal_mode") == [("wal",)]
-        assert await store._fetch("PRAGMA busy_timeout") == [(5000,)]
+        assert await store._fetch("PRAGMA busy_timeout") == [(0,)]
         assert await store._fetch("PRAGMA synchronous") == [(1,)]  # NORMAL
     finally:
         await store.close()
@@ -153,7 +153,7 @@ async def test_writer_waits_for_foreign_lock(tmp_path):
         # the lock is free again: the next write commits on the loop thread at once
         await store.write(Batch(presentity_upserts=[pres(etag="e2")]))
         assert store.inline_writes == inline + 1
-        assert await store._fetch("PRAGMA busy_timeout") == [(5000,)]
+        assert await store._fetch("PRAGMA busy_timeout") == [(0,)]
         other.close()
     finally:
         await store.close()
@@ -177,7 +177,7 @@ async def test_write_now_commits_at_once_or_declines(tmp_path):
         assert [r.etag for r in await store.load_presentities(NOW)] == ["n1"]
         assert store.write_now(Batch(presentity_upserts=[pres(etag="n2")])) is True
         assert sorted(r.etag for r in await store.load_presentities(NOW)) == ["n1", "n2"]
-        assert await store._fetch("PRAGMA busy_timeout") == [(5000,)]
+        assert await store._fetch("PRAGMA busy_timeout") == [(0,)]
     finally:
         await store.close()
 
@@ -248,7 +248,29 @@ async def test_locked_write_polls_in_short_steps(tmp_path, monkeypatch):
         assert store.thread_writes == threaded + 1
         assert waits == [0.00005, 0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.002, 0.002]
         assert [r.etag for r in await store.load_presentities(NOW)] == ["p"]
-        assert await store._fetch("PRAGMA busy_timeout") == [(5000,)]
+        assert await store._fetch("PRAGMA busy_timeout") == [(0,)]
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_reads_do_not_wait_for_a_foreign_writer(tmp_path):
+    """busy_timeout is 0 on our connection: in WAL mode a read still sees the
+    last committed state at once while another process holds the write lock."""
+    store = Store.from_url(f"sqlite://{tmp_path}/read.db")
+    await store.connect()
+    other = sqlite3.connect(tmp_path / "read.db", isolation_level=None, check_same_thread=False)
+    try:
+        await store.ensure_schema()
+        assert store.write_now(Batch(presentity_upserts=[pres(etag="r1")])) is True
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("DELETE FROM presentity")
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert [r.etag for r in await store.load_presentities(NOW)] == ["r1"]
+        assert loop.time() - t0 < 1.0
+        other.execute("COMMIT")
+        assert await store.load_presentities(NOW) == []
     finally:
         other.close()
         await store.close()

@@ -270,13 +270,13 @@ class SharedState:
                 self._confirmed.add(id(record))
                 eng._subscription_expired(now, record)
             else:
-                row = await _bounded(self.store.find_etag(record.etag))
+                user, domain = split_aor(record.pres_uri)
+                row = await _bounded(self.store.find_etag(user, domain, record.event, record.etag))
                 self.loads += 1
                 if eng.etags.get(record.etag) is not record:
                     return
                 if row is None:
                     # Refreshed (new ETag) or removed elsewhere: take the store's view.
-                    user, domain = split_aor(record.pres_uri)
                     rows = await _bounded(self.store.load_presentity(user, domain, record.event, int(time.time())))
                     eng.forget_publication(record)
                     self.merge_publications(record.pres_uri, record.event, rows, now)

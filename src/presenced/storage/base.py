@@ -159,8 +159,10 @@ class Store(abc.ABC):
         """One subscription by dialog id, expired or not."""
 
     @abc.abstractmethod
-    async def find_etag(self, etag: str) -> PresentityRow | None:
-        """The publication with this ETag, expired or not (first one if several)."""
+    async def find_etag(self, username: str, domain: str, event: str, etag: str) -> PresentityRow | None:
+        """The publication with this ETag for that presentity and event, expired or
+        not (looked up through Kamailio's unique presentity_idx, so no index of
+        our own has to be kept up to date on every PUBLISH)."""
 
     # --- xcap -------------------------------------------------------------------------
 

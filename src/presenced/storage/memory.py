@@ -34,7 +34,6 @@ class MemoryStore(Store):
         # dicts keep insertion order, which stands in for the SQL `id` column
         self._pres: dict[PKey, PresentityRow] = {}
         self._pres_by_account: dict[tuple[str, str, str], dict[PKey, None]] = {}
-        self._pres_by_etag: dict[str, dict[PKey, None]] = {}
         self._aw: dict[AKey, ActiveWatcherRow] = {}
         self._aw_by_pres: dict[tuple[str, str], dict[AKey, None]] = {}
         self._ext: dict[AKey, SubscriptionExtRow] = {}
@@ -77,17 +76,11 @@ class MemoryStore(Store):
             idx.pop(key, None)
             if not idx:
                 del self._pres_by_account[acc]
-        idx = self._pres_by_etag.get(key[3])
-        if idx is not None:
-            idx.pop(key, None)
-            if not idx:
-                del self._pres_by_etag[key[3]]
 
     def _pres_put(self, row: PresentityRow) -> None:
         key = (row.username, row.domain, row.event, row.etag)
         self._pres[key] = copy.copy(row)
         self._pres_by_account.setdefault(key[:3], {})[key] = None
-        self._pres_by_etag.setdefault(key[3], {})[key] = None
 
     def _aw_del(self, key: AKey) -> None:
         self._ext.pop(key, None)
@@ -147,11 +140,10 @@ class MemoryStore(Store):
         key = (callid, to_tag, from_tag)
         return self._sub(key) if key in self._aw else None
 
-    async def find_etag(self, etag: str) -> PresentityRow | None:
+    async def find_etag(self, username: str, domain: str, event: str, etag: str) -> PresentityRow | None:
         self._check()
-        for key in self._pres_by_etag.get(etag, ()):
-            return copy.copy(self._pres[key])
-        return None
+        row = self._pres.get((username, domain, event, etag))
+        return None if row is None else copy.copy(row)
 
     # --- writes -----------------------------------------------------------------------
 
@@ -242,7 +234,6 @@ class MemoryStore(Store):
         self._markers.clear()
         self._pres.clear()
         self._pres_by_account.clear()
-        self._pres_by_etag.clear()
         self._aw.clear()
         self._aw_by_pres.clear()
         self._ext.clear()

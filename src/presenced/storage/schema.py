@@ -87,8 +87,6 @@ PRESENTITY = TableDef(
         Index("ruid_idx", ("ruid",), unique=True),
         Index("presentity_expires", ("expires",)),
         Index("account_idx", ("username", "domain", "event")),
-        # presenced addition (find_etag); harmless to Kamailio.
-        Index("presenced_etag_idx", ("etag",)),
     ),
     row_type=PresentityRow,
 )
@@ -386,7 +384,7 @@ class Queries:
             " WHERE a.expires >= ? AND a.id > ? ORDER BY a.id LIMIT ?",
             "presentity": f"SELECT {P} FROM {p} WHERE username = ? AND domain = ? AND event = ?"
             " AND (expires > ? OR expires = -1) ORDER BY received_time, id",
-            "find_etag": f"SELECT {P} FROM {p} WHERE etag = ? ORDER BY id LIMIT 1",
+            "find_etag": f"SELECT {P} FROM {p} WHERE username = ? AND domain = ? AND event = ? AND etag = ?",
             "presentity_upsert": _upsert(dialect, p, PRESENTITY.data_columns, PRESENTITY.indexes[0].columns),
             "presentity_delete": f"DELETE FROM {p} WHERE username = ? AND domain = ? AND event = ? AND etag = ?",
             "presentity_expire": f"DELETE FROM {p} WHERE expires > 0 AND expires < ?",

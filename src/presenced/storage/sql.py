@@ -280,8 +280,8 @@ class SqlStore(Store):
         rows = await self._select("load_subscription", self.q.watcher, (callid, to_tag, from_tag))
         return self._subs(rows[:1])[0] if rows else None
 
-    async def find_etag(self, etag: str) -> PresentityRow | None:
-        rows = await self._select("find_etag", self.q.find_etag, (etag,))
+    async def find_etag(self, username: str, domain: str, event: str, etag: str) -> PresentityRow | None:
+        rows = await self._select("find_etag", self.q.find_etag, (username, domain, event, etag))
         return self._dec_p(rows[0]) if rows else None
 
     # --- writes -----------------------------------------------------------------------

@@ -4,8 +4,10 @@ Every call runs on a single-thread executor that owns the connection, so
 statements from one process never contend with each other; a write
 transaction (the hot path: a PUBLISH in write-through, a write-back flush)
 runs inline on the event loop thread instead when the connection is idle and
-the write lock is free at once (`busy_timeout` 0 for that attempt): handing
-it to the thread and back costs two wake-ups, more than a small WAL commit.
+the write lock is free at once: handing it to the thread and back costs two
+wake-ups, more than a small WAL commit. The connection's `busy_timeout` is 0
+once it is open (SQLite never sleeps inside a statement; waits are ours, below),
+so that attempt needs no PRAGMA around it.
 When another process holds the lock it goes to the thread and waits there,
 polling every 50 µs-2 ms rather than with SQLite's own busy handler, which
 sleeps 1, 2, 5, 10 ms between tries while a WAL commit holds the lock for a
@@ -17,9 +19,10 @@ thread of its own, which in WAL mode does not block the writer, so commits
 stay inline while the file is synced. Against other processes (Kamailio, a
 second presenced) WAL mode lets readers run beside the writer, write
 transactions start with BEGIN IMMEDIATE (no lock upgrades, hence no
-deadlock-style SQLITE_BUSY), a write waits 5 s for the lock and a statement
-(busy_timeout 5 s) or transaction that still gets "database is locked" is
-retried for up to 30 s.
+deadlock-style SQLITE_BUSY; a batch of one statement is one autocommit
+statement, which takes the write lock at its start), a write waits 5 s for the
+lock and a read or transaction that still gets "database is locked" is retried
+every 2 ms for up to 30 s.
 """
 
 from __future__ import annotations
@@ -62,9 +65,10 @@ def _locked(exc: BaseException) -> bool:
 def _retry_locked(fn: Callable[..., Any], *args: Any) -> Any:
     """Call fn, retrying while SQLite reports the database locked or busy.
 
-    busy_timeout covers most waits, but SQLite returns SQLITE_BUSY at once in a
-    few cases (switching a new file to WAL while another connection opens it,
-    WAL recovery, a read transaction that cannot be upgraded). Everything
+    Our connection's busy_timeout is 0 once open, so this is the wait for
+    reads (in WAL mode they meet a lock only around WAL recovery or restart)
+    and for the cases where SQLite answers SQLITE_BUSY at once anyway
+    (switching a new file to WAL while another connection opens it). Everything
     retried here is a whole statement or a whole rolled-back transaction.
     """
     deadline = time.monotonic() + LOCKED_DEADLINE
@@ -121,6 +125,9 @@ class SqliteStore(SqlStore):
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA wal_autocheckpoint = 0")  # see CHECKPOINT_EVERY
             conn.execute("PRAGMA synchronous = NORMAL")
+            # Opening (the WAL switch above) may wait on other processes; from
+            # here on every wait is ours (_retry_locked, _transaction_waiting).
+            conn.execute("PRAGMA busy_timeout = 0")
         except BaseException:
             conn.close()
             raise
@@ -151,6 +158,13 @@ class SqliteStore(SqlStore):
     def _transaction(self, steps: list[Step]) -> list[int]:
         conn = self._conn
         assert conn is not None
+        if len(steps) == 1:
+            sql, params, many = steps[0]
+            if not many:
+                return [conn.execute(sql, params).rowcount]
+            if len(params) == 1:  # one row (a PUBLISH): its own autocommit transaction
+                conn.execute(sql, params[0])
+                return [-1]
         conn.execute("BEGIN IMMEDIATE")
         counts: list[int] = []
         try:
@@ -174,18 +188,14 @@ class SqliteStore(SqlStore):
         assert conn is not None
         deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
         delay = LOCK_POLL_FIRST
-        conn.execute("PRAGMA busy_timeout = 0")
-        try:
-            while True:
-                try:
-                    return self._transaction(steps)
-                except sqlite3.OperationalError as exc:
-                    if not _locked(exc) or time.monotonic() > deadline:
-                        raise
-                _sleep(delay)
-                delay = min(delay * 2, LOCK_POLL_MAX)
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        while True:
+            try:
+                return self._transaction(steps)
+            except sqlite3.OperationalError as exc:
+                if not _locked(exc) or time.monotonic() > deadline:
+                    raise
+            _sleep(delay)
+            delay = min(delay * 2, LOCK_POLL_MAX)
 
     # --- Store ------------------------------------------------------------------------
 
@@ -256,20 +266,17 @@ class SqliteStore(SqlStore):
 
     def _write_inline(self, steps: list[Step]) -> list[int] | None:
         """Run `steps` as one transaction on the event loop thread if no call is on
-        the store's thread and the write lock is free at once (`busy_timeout` 0
-        for the attempt); None when it must wait on the thread instead."""
+        the store's thread and the write lock is free at once; None when it must
+        wait on the thread instead."""
         conn = self._conn
         if self._inflight or conn is None or self._executor is None:
             return None
-        conn.execute("PRAGMA busy_timeout = 0")
         try:
             counts = self._transaction(steps)
         except sqlite3.OperationalError as exc:
             if _locked(exc):
                 return None
             raise
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         self.inline_writes += 1
         self._wrote()
         return counts
