@@ -138,7 +138,19 @@ def _sipp(scen: str, rate: float, calls: int, tdir: str) -> dict:
 
 def run_one(label: str, server, scen: str, rate: float, seconds: float, tdir: str) -> dict:
     os.makedirs(tdir, exist_ok=True)
-    server.start()
+    for attempt in (1, 2):  # Kamailio now and then misses the harness's start-up probe; once more
+        try:
+            server.start()
+            break
+        except RuntimeError as e:
+            if attempt == 2:
+                raise
+            print(f"  {label}: {e}; starting it again", flush=True)
+            try:
+                server.stop()
+            except Exception:  # noqa: BLE001 - it did not start; nothing to stop
+                pass
+            time.sleep(2.0)
     try:
         time.sleep(1.0)
         pids = _tree(server.proc.pid)
