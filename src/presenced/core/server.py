@@ -227,15 +227,24 @@ class SipCore:
         if not add_received and not has_rport:
             return
         params = via.params
+        raw = via.raw
+        lines = req._index["via"]
+        if has_rport and "received" not in params and raw.endswith(";rport") and lines[0] == raw:
+            # The usual UA (RFC 3581 `;rport` last, no `received`): fill in rport
+            # and append received to the line as it came, in one step.
+            port = str(source.port)
+            params["rport"] = port
+            params["received"] = source.host
+            via.raw = lines[0] = f"{raw}={port};received={source.host}"
+            return
         params["received"] = source.host
         if has_rport:
             params["rport"] = str(source.port)
-        parts = [via.raw.split(";", 1)[0]]
+        parts = [raw.split(";", 1)[0]]
         for k, v in params.items():
             parts.append(";" + k if v is None else f";{k}={v}")
         via.raw = "".join(parts)
         # Keep the parsed Via cached; only the raw line the response copies changes.
-        lines = req._index["via"]
         line = lines[0]
         if "," in line:
             parts = split_commas(line)
