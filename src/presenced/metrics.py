@@ -149,7 +149,10 @@ class TimedStore:
         if name in TIMED_STORE_OPS and callable(attr):
             return self._metrics._timed(name, attr)
         if name == "write_now" and callable(attr):
-            return self._metrics._timed_now("write", attr)
+            # Asked on every write-through PUBLISH: wrap once, found directly next time.
+            timed = self._metrics._timed_now("write", attr)
+            object.__setattr__(self, "write_now", timed)
+            return timed
         return attr
 
     def __setattr__(self, name: str, value: Any) -> None:
