@@ -181,7 +181,9 @@ class SipURI:
         scheme = "sip" if self.scheme in ("pres", "im") else self.scheme
         if scheme == "tel":
             return "tel:" + self.host
-        user = unquote(self.user) if self.user is not None else None
+        user = self.user
+        if user is not None and "%" in user:  # unquote is interpreted Python: only when needed
+            user = unquote(user)
         s = scheme + ":" + (user + "@" if user is not None else "") + self.host.lower()
         if self.port is not None:
             s += f":{self.port}"
