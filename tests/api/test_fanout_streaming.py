@@ -101,6 +101,29 @@ def _count_collections(monkeypatch) -> list[int]:
     return calls
 
 
+def test_a_busy_server_collects_whatever_the_object_count(monkeypatch):
+    """Under load the allocation count can stay low (old objects dying offset
+    the new ones) while the young generation fills: with enough messages
+    since the last look the timed collection runs anyway, at the short period."""
+    calls = _count_collections(monkeypatch)
+    monkeypatch.setattr(runtime_server, "YOUNG_GC_PERIOD", 0.05)
+    monkeypatch.setattr(runtime_server, "YOUNG_GC_IDLE_PERIOD", 0.3)
+    monkeypatch.setattr(runtime_server, "YOUNG_GC_IDLE", 10**9)  # the object count always says idle
+    monkeypatch.setattr(runtime_server, "YOUNG_GC_BUSY", 3)
+    srv = LiveServer().start()
+    try:
+        time.sleep(0.2)
+        calls.clear()
+        with SipClient(srv.port, user="busy") as ua:
+            deadline = time.time() + 1.2
+            while time.time() < deadline:
+                assert ua.request("OPTIONS", f"sip:busy@{HOST}").status == 200
+        # The first look within 0.3 s, then every 0.05 s: ~18 collections; idle, at most 4 looks and none collects.
+        assert calls.count(0) >= 6, calls
+    finally:
+        srv.stop()
+
+
 def test_young_generation_is_collected_by_time(monkeypatch):
     """In steady state CPython's allocation count may never reach its threshold
     (old state expiring offsets the new), so the runtime collects the young
