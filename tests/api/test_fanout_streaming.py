@@ -194,3 +194,20 @@ def test_an_idle_server_skips_the_timed_collections(monkeypatch):
     finally:
         srv.stop()
 
+
+
+def test_a_server_warms_up_before_listening_and_keeps_no_trace(monkeypatch):
+    """The warm-up exchange runs in a core of its own: the server starts, its
+    engine holds nothing of it, and it answers as usual."""
+    calls: list[float] = []
+    real = runtime_server.warm_up
+    monkeypatch.setattr(runtime_server, "warm_up", lambda now: calls.append(now) or real(now))
+    srv = LiveServer().start()
+    try:
+        assert len(calls) == 1
+        eng = srv.server.core.engine
+        assert srv.in_loop(lambda: (dict(eng.etags), dict(eng.subs_by_dialog))) == ({}, {})
+        with SipClient(srv.port, user="warm") as ua:
+            assert ua.request("OPTIONS", f"sip:warm@{HOST}").status == 200
+    finally:
+        srv.stop()

@@ -17,6 +17,7 @@ from typing import Any
 
 from presenced import _build
 from presenced.core.server import SipCore
+from presenced.core.warmup import warm_up
 from presenced.runtime.persistence import bounded
 from presenced.runtime.shared import LOAD_TIMEOUT, needs_sync
 from presenced.sip.errors import SipParseError
@@ -41,6 +42,7 @@ MIDDLE_GC_EVERY = 20  # every 20th timed collection also takes the middle genera
 FULL_GC_EVERY = 6000  # every 6,000th, all generations (10 min)
 YOUNG_GC_IDLE = 400   # fewer new objects than this since the last collection: not worth one ...
 YOUNG_GC_IDLE_PERIOD = 1.0  # ... and look again after this long (an idle worker wakes 1/s, not 10/s)
+WARM_UP = True  # run core.warmup's scripted exchange before listening (tests may switch it off)
 YOUNG_GC_BUSY = 20    # ... unless this many messages arrived since the last look: then collect anyway
 FANOUT_CHUNK = 16   # NOTIFYs of one fan-out built before they are sent ...
 FANOUT_PASS = 256   # ... and sent before other callbacks get the loop
@@ -124,6 +126,11 @@ class Server:
         self.loop = asyncio.get_running_loop()
         self.core.engine.wall_offset = time.time() - self.loop.time()
         await self._open_store()
+        if WARM_UP:
+            try:
+                warm_up(self.loop.time())
+            except Exception:  # noqa: BLE001 - an optimisation: never a reason not to start
+                log.debug("warm-up exchange failed", exc_info=True)
         if self.http is not None:
             # Before SIP: whoever sees SIP answered (a health check, a test)
             # finds /health and /RPC up too.
