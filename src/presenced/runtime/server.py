@@ -42,8 +42,8 @@ MIDDLE_GC_EVERY = 20  # every 20th timed collection also takes the middle genera
 FULL_GC_EVERY = 6000  # every 6,000th, all generations (10 min)
 YOUNG_GC_IDLE = 400   # fewer new objects than this since the last collection: not worth one ...
 YOUNG_GC_IDLE_PERIOD = 1.0  # ... and look again after this long (an idle worker wakes 1/s, not 10/s)
-WARM_UP = True  # run core.warmup's scripted exchange before listening (tests may switch it off)
 YOUNG_GC_BUSY = 20    # ... unless this many messages arrived since the last look: then collect anyway
+WARM_UP = True  # run core.warmup's scripted exchange before listening (tests may switch it off)
 FANOUT_CHUNK = 16   # NOTIFYs of one fan-out built before they are sent ...
 FANOUT_PASS = 256   # ... and sent before other callbacks get the loop
 
@@ -92,6 +92,7 @@ class Server:
         self.core = core or SipCore(cfg)
         self.core.fanout_batch = FANOUT_CHUNK  # the rest streams from _flush
         self._draining = False
+        self._messages = 0  # received since the last timed GC look (_collect_young)
         self.stopping = False  # SIGTERM: requests are no longer taken, responses still are
         self.listen_specs = [parse_listen(s) for s in (listen or ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060"])]
         self.udp: list[UdpListener] = []
@@ -147,7 +148,7 @@ class Server:
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
         self._young_gcs = 0
-        self._messages = 0  # received since the last timed GC look (_collect_young)
+        self._messages = 0
         self._young_gc = self.loop.call_later(YOUNG_GC_PERIOD, self._collect_young)
         log.info("listening on %s (hot path: %s)", ", ".join(f"{p}:{h}:{n}" for p, h, n in self.bound), _build.MODE)
 
