@@ -195,7 +195,6 @@ def test_an_idle_server_skips_the_timed_collections(monkeypatch):
         srv.stop()
 
 
-
 def test_a_server_warms_up_before_listening_and_keeps_no_trace(monkeypatch):
     """The warm-up exchange runs in a core of its own: the server starts, its
     engine holds nothing of it, and it answers as usual."""

@@ -229,17 +229,15 @@ class SipCore:
         params = via.params
         raw = via.raw
         lines = req._index["via"]
-        if has_rport and "received" not in params and raw.endswith(";rport") and lines[0] == raw:
-            # The usual UA (RFC 3581 `;rport` last, no `received`): fill in rport
-            # and append received to the line as it came, in one step.
-            port = str(source.port)
-            params["rport"] = port
-            params["received"] = source.host
-            via.raw = lines[0] = f"{raw}={port};received={source.host}"
-            return
+        appendable = has_rport and "received" not in params and raw.endswith(";rport") and lines[0] == raw
         params["received"] = source.host
         if has_rport:
             params["rport"] = str(source.port)
+        if appendable:
+            # The usual UA (RFC 3581 `;rport` last, no `received`): the rebuild
+            # below would write the line as it came plus these two, so append them.
+            via.raw = lines[0] = f"{raw}={params['rport']};received={source.host}"
+            return
         parts = [raw.split(";", 1)[0]]
         for k, v in params.items():
             parts.append(";" + k if v is None else f";{k}={v}")

@@ -25,19 +25,21 @@ _PIDF = (
     f'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:w@{_HOST}">'
     '<tuple id="t1"><status><basic>open</basic></status><note>warm-up</note></tuple></presence>\n'
 ).encode()
+_CONTACT = "Contact: <sip:v@127.0.0.1:5999>\r\n"
 _SUMMARY = f"Messages-Waiting: yes\r\nMessage-Account: sip:w@{_HOST}\r\nVoice-Message: 1/2 (0/0)\r\n".encode()
 
 
 def _request(method: str, n: int, event: str, headers: str = "", body: bytes = b"",
              to_tag: str = "", cseq: int = 1, call: str = "") -> bytes:
     to = f"<sip:w@{_HOST}>" + (f";tag={to_tag}" if to_tag else "")
+    call = call or method.lower()
     return (
         f"{method} sip:w@{_HOST} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-warm-{call or method.lower()}-{n}-{cseq};rport\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-warm-{call}-{n}-{cseq};rport\r\n"
         "Max-Forwards: 70\r\n"
         f"From: <sip:v@{_HOST}>;tag=warm{n}\r\n"
         f"To: {to}\r\n"
-        f"Call-ID: warm-{call or method.lower()}-{n}\r\n"
+        f"Call-ID: warm-{call}-{n}\r\n"
         f"CSeq: {cseq} {method}\r\n"
         f"Event: {event}\r\n"
         f"{headers}"
@@ -81,11 +83,10 @@ def warm_up(now: float, rounds: int = 3) -> int:
             r = send(_request("PUBLISH", n, event, f"Expires: 600\r\nContent-Type: {ctype}\r\n", body,
                               call=f"pub-{event}"))
             etag = r.get("sip-etag") if r is not None else None
-            contact = "Contact: <sip:v@127.0.0.1:5999>\r\n"
-            r = send(_request("SUBSCRIBE", n, event, f"{contact}Expires: 600\r\n", call=f"sub-{event}"))
+            r = send(_request("SUBSCRIBE", n, event, f"{_CONTACT}Expires: 600\r\n", call=f"sub-{event}"))
             tag = r.to.tag if r is not None and r.status < 300 else None
             if tag:
-                send(_request("SUBSCRIBE", n, event, f"{contact}Expires: 0\r\n", to_tag=tag, cseq=2,
+                send(_request("SUBSCRIBE", n, event, f"{_CONTACT}Expires: 0\r\n", to_tag=tag, cseq=2,
                               call=f"sub-{event}"))
             if etag:
                 send(_request("PUBLISH", n, event, f"Expires: 0\r\nSIP-If-Match: {etag}\r\n", cseq=2,

@@ -148,7 +148,6 @@ class Server:
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
         self._young_gcs = 0
-        self._messages = 0
         self._young_gc = self.loop.call_later(YOUNG_GC_PERIOD, self._collect_young)
         log.info("listening on %s (hot path: %s)", ", ".join(f"{p}:{h}:{n}" for p, h, n in self.bound), _build.MODE)
 
