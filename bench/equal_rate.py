@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gzip
 import json
 import os
 import shutil
@@ -55,6 +56,7 @@ SCENARIOS = {
     "C": ("subscribe.xml", 1, 60),
     "E": ("mwi.xml", 1, 25),
 }
+KEEP_SAMPLES = False
 UNITS = {"A": "PUBLISH", "B": "PUBLISH", "C": "dialog", "E": "MWI cycle"}
 
 
@@ -74,6 +76,21 @@ def _tree(pid: int) -> list[int]:
         out.append(p)
         todo.extend(kids.get(p, ()))
     return out
+
+
+def _sleeps(pids: list[int]) -> int:
+    """Voluntary context switches of the processes: how often they went to
+    sleep waiting for input, i.e. roughly their wake-ups."""
+    n = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        n += int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+    return n
 
 
 def _cpu_seconds(pids: list[int]) -> tuple[float, float]:
@@ -132,6 +149,9 @@ def _sipp(scen: str, rate: float, calls: int, tdir: str) -> dict:
                 lat += vals
             os.remove(os.path.join(tdir, name))
     p = harness.pcts(lat)
+    if KEEP_SAMPLES:
+        with gzip.open(os.path.join(tdir, "latency_us.txt.gz"), "wt") as f:
+            f.write("\n".join(f"{v:g}" for v in lat))
     return {"rc": rc, "ok": col("SuccessfulCall(C)"), "failed": col("FailedCall(C)"),
             "p50_us": p.get("p50_us"), "p99_us": p.get("p99_us")}
 
@@ -155,20 +175,27 @@ def run_one(label: str, server, scen: str, rate: float, seconds: float, tdir: st
         time.sleep(1.0)
         pids = _tree(server.proc.pid)
         calls = max(1, int(rate * seconds))
-        (u0, s0), t0 = _cpu_seconds(pids), time.time()
+        (u0, s0), w0, t0 = _cpu_seconds(pids), _sleeps(pids), time.time()
         s = _sipp(scen, rate, calls, tdir)
-        (u1, s1), t1 = _cpu_seconds(_tree(server.proc.pid) or pids), time.time()
+        after = _tree(server.proc.pid) or pids
+        (u1, s1), w1, t1 = _cpu_seconds(after), _sleeps(after), time.time()
     finally:
         server.stop()
     units = s["ok"] * SCENARIOS[scen][1]
     c = (u1 - u0) + (s1 - s0)
     r = {"server": label, "scenario": scen, "rate": rate, "calls": calls, **s, "cpu_s": round(c, 3),
          "wall_s": round(t1 - t0, 2), "cpu_us_per_unit": round(1e6 * c / units, 1) if units else None,
-         "sys_us_per_unit": round(1e6 * (s1 - s0) / units, 1) if units else None}
+         "sys_us_per_unit": round(1e6 * (s1 - s0) / units, 1) if units else None,
+         "wakeups_per_unit": round((w1 - w0) / units, 2) if units else None}
     print(f"  {label:18s} {scen} r={rate:g}/s ok={s['ok']}/{calls} failed={s['failed']} "
           f"cpu={r['cpu_s']:.2f}s -> {r['cpu_us_per_unit']} us/{UNITS[scen]} (kernel {r['sys_us_per_unit']}) "
-          f"p50={r['p50_us']} p99={r['p99_us']} us", flush=True)
+          f"p50={r['p50_us']} p99={r['p99_us']} us wake-ups/{UNITS[scen]}={r['wakeups_per_unit']}", flush=True)
     return r
+
+
+def _median_of(rows: list[dict], key: str) -> str:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return f"{statistics.median(vals):.2f}" if vals else "-"
 
 
 def main(argv=None) -> int:
@@ -181,7 +208,11 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="presenced --workers")
     ap.add_argument("--venv", default=os.environ.get("VENV", os.path.join(ROOT, ".venv")))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--keep-samples", action="store_true",
+                    help="keep every latency sample (run directory, latency_us.txt.gz) for a closer look at the tail")
     a = ap.parse_args(argv)
+    global KEEP_SAMPLES
+    KEEP_SAMPLES = a.keep_samples
 
     global harness
     sys.path.insert(0, HARNESS)
@@ -211,6 +242,9 @@ def main(argv=None) -> int:
                     else:
                         srv = harness.Server(kam_name, _server_args(5060, None, wd), wd, children=8)
                     rows.append(run_one(label, srv, scen, rate, a.seconds, os.path.join(wd, "sipp")))
+                    if KEEP_SAMPLES:
+                        shutil.copy(os.path.join(wd, "sipp", "latency_us.txt.gz"),
+                                    os.path.join(out, f"{label}-{scen}-{rep}.latency_us.txt.gz"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -222,8 +256,8 @@ def main(argv=None) -> int:
           f"{a.seconds:g} s per scenario; medians", "",
           "| scenario | rate (calls/s) | Kamailio µs/unit | presenced µs/unit | ratio | of which kernel µs Kamailio / presenced | "
           "p50 ms Kamailio / presenced | p99 ms Kamailio / presenced | p99 ratio | "
-          "Kamailio failed calls | presenced failed calls |",
-          "|---|---|---|---|---|---|---|---|---|---|---|"]
+          "Kamailio failed calls | presenced failed calls | wake-ups per unit Kamailio / presenced |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for scen in scens:
         k = [r for r in rows if r["scenario"] == scen and r["server"] == kam_name]
         o = [r for r in rows if r["scenario"] == scen and r["server"] == "presenced"]
@@ -241,10 +275,13 @@ def main(argv=None) -> int:
         md.append(f"| {scen} ({UNITS[scen]}) | {k[0]['rate']:g} | {km:,.0f} | {om:,.0f} | "
                   f"{om / km if km else float('nan'):.2f}x | {ks:,.0f} / {os_:,.0f} | {lat['p50_us'][0]:.2f} / {lat['p50_us'][1]:.2f} | "
                   f"{lat['p99_us'][0]:.2f} / {lat['p99_us'][1]:.2f} | {p99r:.2f}x | {sum(r['failed'] for r in k)} / {sum(r['calls'] for r in k)} | "
-                  f"{sum(r['failed'] for r in o)} / {sum(r['calls'] for r in o)} |")
+                  f"{sum(r['failed'] for r in o)} / {sum(r['calls'] for r in o)} | "
+                  f"{_median_of(k, 'wakeups_per_unit')} / {_median_of(o, 'wakeups_per_unit')} |")
     md += ["", "CPU = utime+stime of the server's process tree during the SIPp run (/proc, 10 ms ticks); kernel = stime.",
            "Latency = SIPp's <log> lines of the harness's scenarios, client side, medians of the runs' percentiles.",
-           "A failed call is one SIPp counted as failed (e.g. Kamailio's 500 \"database is locked\")."]
+           "A failed call is one SIPp counted as failed (e.g. Kamailio's 500 \"database is locked\").",
+           "Wake-ups = voluntary context switches of the server's processes (/proc/PID/status) per unit: how often "
+           "a process slept waiting for input, so fewer means more messages handled per wake-up."]
     text = "\n".join(md) + "\n"
     with open(os.path.join(out, "RESULTS.md"), "w") as f:
         f.write(text)
