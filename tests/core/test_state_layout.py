@@ -5,6 +5,7 @@ and the composed body kept only when several watchers share it."""
 
 from __future__ import annotations
 
+import pytest
 from core_support import Harness, pidf, state
 
 from presenced.core.state import Groups
@@ -110,3 +111,25 @@ def test_ended_records_are_freed_before_their_old_deadline():
     assert state(h.take(d)[-1]) == "terminated"
     h.advance(601)  # the old deadlines pass quietly
     assert h.take(d) == []
+
+
+def test_ended_and_refreshed_records_leave_no_deadline_to_wake_up_for():
+    """A record's old expiry entry (un-SUBSCRIBEd dialog, removed or
+    refreshed publication) must not wake the server at its old time: the
+    core's next deadline is the live record's, or a lax clean-up timer."""
+    h = Harness.make(**{"presence_xml.force_active": 1})
+    start = h.now
+    r = h.publish(ALICE, pidf(ALICE), expires=600)
+    etag = r.get("sip-etag")
+    _, d = h.subscribe(ALICE, "sip:bob@example.com", expires=300)
+    h.take(d)
+    h.subscribe(ALICE, "sip:bob@example.com", expires=0, dialog=d)
+    h.take(d)
+    h.advance(100)
+    assert h.publish(ALICE, pidf(ALICE), etag=etag, expires=900).status == 200  # refreshed: 1000 s
+    h.advance(60)  # the transactions' lax Timers J/K are done by now
+    assert h.core.next_deadline() == pytest.approx(start + 1000)  # not 300 (the dialog's) nor 600 (the old publication's)
+    new_etag = next(iter(h.engine.etags))
+    assert h.publish(ALICE, b"", etag=new_etag, expires=0).status == 200
+    h.advance(60)
+    assert h.core.next_deadline() is None

@@ -284,3 +284,18 @@ def test_answered_udp_request_leaves_only_timer_k_behind(h):
     h.advance_to(0.2 + 5.0)
     assert ct.key not in h.layer.client
     assert len(h.timers) == 0  # no cancelled Timer F entry waiting for its 32 s
+
+
+def test_an_answered_notify_leaves_no_deadline_to_wake_up_for(h):
+    """After the 2xx, nothing is due until Timer K (lax, reported late): the
+    first Timer E, T1 after the send, no longer wakes the runtime for
+    nothing (at 200 NOTIFYs/s that was a wake-up every few ms). An
+    unanswered one still retransmits at T1."""
+    ct, rec = start(h)
+    other, _ = start(h, branch="z9hG4bKcli2")
+    assert h.timers.next_deadline() == pytest.approx(h.now + 0.5)
+    assert h.layer.receive_response(response(200, BRANCH), h.now) is True
+    assert h.timers.next_deadline() == pytest.approx(h.now + 0.5)  # the other one still waits
+    assert h.layer.receive_response(response(200, "z9hG4bKcli2"), h.now) is True
+    assert h.timers.next_deadline() == pytest.approx(h.now + 5.0)  # only Timer K's absorb entries
+    assert h.timers.next_deadline(lax_slack=1.0) == pytest.approx(h.now + 6.0)

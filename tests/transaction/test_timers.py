@@ -242,3 +242,34 @@ def test_lax_queue_heads_count_late_but_run_on_any_wake_up():
     th.run_due(2.5)
     assert fired[-1] == (2.5, "j2") and th.next_deadline(lax_slack=1.0) is None and len(lax) == 0
 
+
+
+def test_pruned_queue_reports_its_first_live_head_on_time_and_drops_dead_ones():
+    """A queue with a `live` test (a NOTIFY's first Timer E, record expiry):
+    dead heads are dropped by next_deadline, so nothing wakes up for them; a
+    live head is reported on time (no lax slack) and fires."""
+    th = TimerHeap()
+    fired: list[tuple[float, str]] = []
+    alive = {"b", "d"}
+    q = DelayQueue(th, lambda now, item: fired.append((now, item)), live=lambda when, item: item in alive)
+    for when, item in ((1.0, "a"), (2.0, "b"), (3.0, "c"), (4.0, "d")):
+        assert q.add(when, item)
+    assert len(th) == 0  # no heap entry
+    assert th.next_deadline(lax_slack=1.0) == 2.0  # "a" dropped, "b" on time
+    assert len(q) == 3
+    alive.discard("b")
+    assert th.next_deadline(lax_slack=1.0) == 4.0  # "b" and "c" dropped
+    th.run_due(3.9)
+    assert fired == []
+    th.run_due(4.0)
+    assert fired == [(4.0, "d")] and len(q) == 0 and th.next_deadline() is None
+
+
+def test_pruned_queue_still_fires_a_due_dead_item_nobody_pruned():
+    """run_due without a prior next_deadline expires what is due, dead or not:
+    the callback's own checks stay the safety net."""
+    th = TimerHeap()
+    fired: list[str] = []
+    q = DelayQueue(th, lambda now, item: fired.append(item), live=lambda when, item: False)
+    q.add(1.0, "x")
+    assert th.run_due(1.0) == 1 and fired == ["x"]

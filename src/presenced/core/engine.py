@@ -160,8 +160,10 @@ class PresenceEngine:
         # Entries name the record (ETag, dialog key), never hold it: a removed
         # one would otherwise live on until its old deadline (an un-SUBSCRIBEd
         # dialog for the Expires it once had), GC-tracked all that time.
-        self._pub_expiry = DelayQueue(timers, self._pub_expired_cb)
-        self._sub_expiry = DelayQueue(timers, self._sub_expired_cb)
+        # A queue head whose record is gone or was refreshed to a later
+        # deadline is dropped unseen (DelayQueue `live`): no wake-up for it.
+        self._pub_expiry = DelayQueue(timers, self._pub_expired_cb, live=self._publication_due)
+        self._sub_expiry = DelayQueue(timers, self._sub_expired_cb, live=self._subscription_due)
         self._contact_cache: dict[tuple[str, int, str, bool], str] = {}
         # Several workers: our Contact names the presentity's user, so in-dialog
         # requests (Request-URI = that Contact) carry what the kernel steers by
@@ -382,6 +384,10 @@ class PresenceEngine:
         # old entry finds it gone or expiring later, and does nothing.
         if not self._pub_expiry.add(pub.expires_at, pub.etag):
             self.timers.call_at(pub.expires_at, self._pub_expired_cb, pub.etag)
+
+    def _publication_due(self, when: float, etag: str) -> bool:
+        pub = self.etags.get(etag)
+        return pub is not None and pub.expires_at <= when
 
     def _publication_deadline(self, now: float, etag: str) -> None:
         pub = self.etags.get(etag)
@@ -773,6 +779,10 @@ class PresenceEngine:
         # subscription gone or expiring later, and does nothing.
         if not self._sub_expiry.add(sub.expires_at, sub.key):
             self.timers.call_at(sub.expires_at, self._sub_expired_cb, sub.key)
+
+    def _subscription_due(self, when: float, key: tuple) -> bool:
+        sub = self.subs_by_dialog.get(key)
+        return sub is not None and sub.expires_at <= when
 
     def _subscription_deadline(self, now: float, key: tuple) -> None:
         sub = self.subs_by_dialog.get(key)

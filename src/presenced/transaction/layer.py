@@ -240,7 +240,7 @@ class TransactionLayer:
         # Timer E's first firing is T1 after sending, for every UDP NOTIFY: a
         # queue, not a heap entry and handle each (only a retransmission,
         # rare, takes the heap).
-        self._first_e = DelayQueue(timers, self._first_timer_e)
+        self._first_e = DelayQueue(timers, self._first_timer_e, live=self._awaiting_answer)
         self.stats = {"retransmissions_absorbed": 0, "notify_retransmits": 0, "client_timeouts": 0, "stray_responses": 0}
 
     # -- server side -------------------------------------------------------
@@ -330,6 +330,10 @@ class TransactionLayer:
         else:
             ct.timer_f = self.timers.schedule(deadline, self._timer_f, ct)
         return ct
+
+    def _awaiting_answer(self, when: float, key: str) -> bool:
+        # An answered (or failed) NOTIFY has left `client`: its Timer E is moot.
+        return key in self.client
 
     def _first_timer_e(self, now: float, key: str) -> None:
         # By key: an answered NOTIFY is freed at once, not T1 later.

@@ -52,8 +52,10 @@ class TimerHeap:
         # (when, seq, callback, arg): callback None = arg is a TimerHandle.
         self._heap: list[tuple[float, int, Any, Any]] = []
         self._seq = itertools.count()
-        # Lax DelayQueues (clean-up that may run late: Timer J, Timer K): not
-        # in the heap; their heads count `lax_slack` late in next_deadline.
+        # DelayQueues kept out of the heap: lax ones (clean-up that may run
+        # late: Timer J, Timer K), whose heads count `lax_slack` late in
+        # next_deadline, and pruned ones (a `live` test), whose dead heads
+        # next_deadline drops so that nothing wakes up for them.
         self._lax: list[DelayQueue] = []
 
     def __len__(self) -> int:
@@ -78,7 +80,17 @@ class TimerHeap:
         best = heap[0][0] if heap else None
         for q in self._lax:
             whens = q.whens
-            if whens:
+            live = q.live
+            if live is not None:
+                items = q.items
+                while whens and not live(whens[0], items[0]):
+                    whens.popleft()
+                    items.popleft()
+                if whens:
+                    w = whens[0]
+                    if best is None or w < best:
+                        best = w
+            elif whens:
                 w = whens[0] + lax_slack
                 if best is None or w < best:
                     best = w
@@ -116,9 +128,10 @@ class DelayQueue:
     on the heap.
     """
 
-    __slots__ = ("timers", "expire", "whens", "items", "handle", "lax")
+    __slots__ = ("timers", "expire", "whens", "items", "handle", "lax", "live", "off_heap")
 
-    def __init__(self, timers: TimerHeap, expire: Callable[[float, Any], Any], lax: bool = False) -> None:
+    def __init__(self, timers: TimerHeap, expire: Callable[[float, Any], Any], lax: bool = False,
+                 live: Callable[[float, Any], bool] | None = None) -> None:
         self.timers = timers
         self.expire = expire
         self.whens: deque[float] = deque()
@@ -127,7 +140,15 @@ class DelayQueue:
         # Lax: no heap entry; TimerHeap.run_due expires what is due whenever it
         # runs, and next_deadline reports the head late by the runtime's slack.
         self.lax = lax
-        if lax:
+        # live(when, item): False once the item's timer would do nothing (an
+        # answered NOTIFY's Timer E, a refreshed record's old deadline). Such a
+        # queue has no heap entry either: next_deadline drops dead heads and
+        # reports the first live one on time, so the runtime never wakes up
+        # for a timer that has nothing to do (at 200 NOTIFYs/s that was a
+        # wake-up every few ms, each one on cold caches).
+        self.live = live
+        self.off_heap = lax or live is not None
+        if self.off_heap:
             timers._lax.append(self)
 
     def __len__(self) -> int:
@@ -139,7 +160,7 @@ class DelayQueue:
             return False
         whens.append(when)
         self.items.append(item)
-        if self.handle is None and not self.lax:
+        if self.handle is None and not self.off_heap:
             self.handle = self.timers.schedule(when, self._run)
         return True
 
