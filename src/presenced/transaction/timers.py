@@ -46,7 +46,7 @@ _HANDLE = None
 
 
 class TimerHeap:
-    __slots__ = ("_heap", "_seq", "_lax")
+    __slots__ = ("_heap", "_seq", "_off_heap")
 
     def __init__(self) -> None:
         # (when, seq, callback, arg): callback None = arg is a TimerHandle.
@@ -56,7 +56,7 @@ class TimerHeap:
         # late: Timer J, Timer K), whose heads count `lax_slack` late in
         # next_deadline, and pruned ones (a `live` test), whose dead heads
         # next_deadline drops so that nothing wakes up for them.
-        self._lax: list[DelayQueue] = []
+        self._off_heap: list[DelayQueue] = []
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -78,7 +78,7 @@ class TimerHeap:
         while heap and heap[0][2] is _HANDLE and heap[0][3].cancelled:
             heapq.heappop(heap)
         best = heap[0][0] if heap else None
-        for q in self._lax:
+        for q in self._off_heap:
             whens = q.whens
             live = q.live
             if live is not None:
@@ -86,12 +86,8 @@ class TimerHeap:
                 while whens and not live(whens[0], items[0]):
                     whens.popleft()
                     items.popleft()
-                if whens:
-                    w = whens[0]
-                    if best is None or w < best:
-                        best = w
-            elif whens:
-                w = whens[0] + lax_slack
+            if whens:
+                w = whens[0] if live is not None else whens[0] + lax_slack
                 if best is None or w < best:
                     best = w
         return best
@@ -111,7 +107,7 @@ class TimerHeap:
             h.cancelled = True
             h.callback(now, *h.args)
             fired += 1
-        for q in self._lax:
+        for q in self._off_heap:
             fired += q.expire_due(now)
         return fired
 
@@ -128,7 +124,7 @@ class DelayQueue:
     on the heap.
     """
 
-    __slots__ = ("timers", "expire", "whens", "items", "handle", "lax", "live", "off_heap")
+    __slots__ = ("timers", "expire", "whens", "items", "handle", "live", "off_heap")
 
     def __init__(self, timers: TimerHeap, expire: Callable[[float, Any], Any], lax: bool = False,
                  live: Callable[[float, Any], bool] | None = None) -> None:
@@ -139,7 +135,6 @@ class DelayQueue:
         self.handle: TimerHandle | None = None
         # Lax: no heap entry; TimerHeap.run_due expires what is due whenever it
         # runs, and next_deadline reports the head late by the runtime's slack.
-        self.lax = lax
         # live(when, item): False once the item's timer would do nothing (an
         # answered NOTIFY's Timer E, a refreshed record's old deadline). Such a
         # queue has no heap entry either: next_deadline drops dead heads and
@@ -149,7 +144,7 @@ class DelayQueue:
         self.live = live
         self.off_heap = lax or live is not None
         if self.off_heap:
-            timers._lax.append(self)
+            timers._off_heap.append(self)
 
     def __len__(self) -> int:
         return len(self.items)
