@@ -37,7 +37,8 @@ def uid(prefix: str = "u") -> str:
 
 
 class LiveServer:
-    def __init__(self, token: str = TOKEN, db_url: str = "memory", http: str = f"{HOST}:0", **sets: Any) -> None:
+    def __init__(self, token: str = TOKEN, db_url: str = "memory", http: str = f"{HOST}:0",
+                 loop: asyncio.AbstractEventLoop | None = None, **sets: Any) -> None:
         overrides: dict[str, Any] = {
             "db.url": db_url, "http.listen": http, "http.token": token,
             "presence_xml.force_active": 1, **sets,
@@ -45,7 +46,7 @@ class LiveServer:
         self.cfg = load_config(None, overrides=overrides)
         self.token = token
         self.port = free_port()
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop or asyncio.new_event_loop()  # presenced serve runs uvloop; pass one to test what it does
         self.thread = threading.Thread(target=self.loop.run_forever, name="presenced-test-loop", daemon=True)
         self.server: Server | None = None
 

@@ -92,6 +92,7 @@ class Server:
         self.core = core or SipCore(cfg)
         self.core.fanout_batch = FANOUT_CHUNK  # the rest streams from _flush
         self._draining = False
+        self._flush_soon = False
         self._messages = 0  # received since the last timed GC look (_collect_young)
         self.stopping = False  # SIGTERM: requests are no longer taken, responses still are
         self.listen_specs = [parse_listen(s) for s in (listen or ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060"])]
@@ -470,6 +471,15 @@ class Server:
         if self._sync_queue is not None and needs_sync(data) and self._queue_for_sync(data, source, local):
             return
         self.core.receive(data, source, local, self.loop.time(), stream=source.transport in FRAMED, parsed=parsed)
+        if not self._flush_soon:
+            # What this message produced leaves after every datagram the loop
+            # read in this pass has been handled (call_soon runs after them):
+            # the peer is woken once per burst, not once per response.
+            self._flush_soon = True
+            self.loop.call_soon(self._flush_burst)
+
+    def _flush_burst(self) -> None:
+        self._flush_soon = False
         self._flush()
 
     def _queue_for_sync(self, data: bytes, source: Address, local: tuple[str, int]) -> bool:
