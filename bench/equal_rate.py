@@ -23,6 +23,13 @@ Kamailio is started by the harness's own Server class (same config, same
 SQLite schema and journal mode); presenced with the same write-back shape as
 `BENCH_STORAGE=sqlite make bench` (subs_db_mode=2, publ_cache=1,
 db_update_period=10). Results go to bench/results/<stamp>-equal-rate-<storage>/.
+
+Besides CPU it reports how long the server's processes were runnable but
+waiting for a CPU (/proc/PID/schedstat) and the p99 of each transaction
+SIPp logs: on a 2-core machine the server shares the CPUs with SIPp, and
+SIPp's own first transaction of a call carries a delay of its own (the
+in-call ones show the server). --split-cpus runs the server on CPU 1 and
+SIPp on CPU 0, to show what the scheduler's placement costs either server.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ SCENARIOS = {
     "E": ("mwi.xml", 1, 25),
 }
 KEEP_SAMPLES = False
+SPLIT_CPUS = False  # --split-cpus: server processes on CPU 1, SIPp on CPU 0
 UNITS = {"A": "PUBLISH", "B": "PUBLISH", "C": "dialog", "E": "MWI cycle"}
 
 
@@ -91,6 +99,19 @@ def _sleeps(pids: list[int]) -> int:
         except (OSError, ValueError):
             pass
     return n
+
+
+def _run_delay(pids: list[int]) -> float:
+    """Seconds the processes spent runnable but waiting for a CPU (schedstat's
+    second field): what sharing the cores with SIPp costs in latency."""
+    ns = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/schedstat") as f:
+                ns += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return ns / 1e9
 
 
 def _cpu_seconds(pids: list[int]) -> tuple[float, float]:
@@ -134,8 +155,10 @@ def _sipp(scen: str, rate: float, calls: int, tdir: str) -> dict:
            "-l", str(max(10, int(rate * 4))), "-nostdin", "-timeout", "120s", "-recv_timeout", "5000",
            "-default_behaviors", "all,-bye", "-aa", "-buff_size", "4194304", "-trace_stat", "-stf", stat, "-trace_logs",
            "127.0.0.1:5060"]
+    pin = (lambda: os.sched_setaffinity(0, {0})) if SPLIT_CPUS else None
     with open(os.path.join(tdir, "sipp.stdout"), "wb") as out:
-        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tdir).returncode
+        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tdir,
+                            preexec_fn=pin).returncode
     lines = open(stat).read().splitlines()
     hdr, last = lines[0].split(";"), lines[-1].split(";")
 
@@ -143,17 +166,20 @@ def _sipp(scen: str, rate: float, calls: int, tdir: str) -> dict:
         return int(last[hdr.index(name)])
 
     lat: list[float] = []
+    per_tx: dict[str, list[float]] = {}
     for name in os.listdir(tdir):
         if name.endswith("_logs.log"):
-            for vals in harness.parse_log(os.path.join(tdir, name), LATENCY[scen]).values():
+            for tx, vals in harness.parse_log(os.path.join(tdir, name), LATENCY[scen]).items():
                 lat += vals
+                per_tx.setdefault(tx, []).extend(vals)
             os.remove(os.path.join(tdir, name))
     p = harness.pcts(lat)
     if KEEP_SAMPLES:
         with gzip.open(os.path.join(tdir, "latency_us.txt.gz"), "wt") as f:
             f.write("\n".join(f"{v:g}" for v in lat))
     return {"rc": rc, "ok": col("SuccessfulCall(C)"), "failed": col("FailedCall(C)"),
-            "p50_us": p.get("p50_us"), "p99_us": p.get("p99_us")}
+            "p50_us": p.get("p50_us"), "p99_us": p.get("p99_us"),
+            "per_tx": {tx: {k: harness.pcts(v).get(k) for k in ("n", "p50_us", "p99_us")} for tx, v in per_tx.items()}}
 
 
 def run_one(label: str, server, scen: str, rate: float, seconds: float, tdir: str) -> dict:
@@ -174,11 +200,14 @@ def run_one(label: str, server, scen: str, rate: float, seconds: float, tdir: st
     try:
         time.sleep(1.0)
         pids = _tree(server.proc.pid)
+        if SPLIT_CPUS:
+            for p in pids:
+                os.sched_setaffinity(p, {1})
         calls = max(1, int(rate * seconds))
-        (u0, s0), w0, t0 = _cpu_seconds(pids), _sleeps(pids), time.time()
+        (u0, s0), w0, d0, t0 = _cpu_seconds(pids), _sleeps(pids), _run_delay(pids), time.time()
         s = _sipp(scen, rate, calls, tdir)
         after = _tree(server.proc.pid) or pids
-        (u1, s1), w1, t1 = _cpu_seconds(after), _sleeps(after), time.time()
+        (u1, s1), w1, d1, t1 = _cpu_seconds(after), _sleeps(after), _run_delay(after), time.time()
     finally:
         server.stop()
     units = s["ok"] * SCENARIOS[scen][1]
@@ -186,10 +215,12 @@ def run_one(label: str, server, scen: str, rate: float, seconds: float, tdir: st
     r = {"server": label, "scenario": scen, "rate": rate, "calls": calls, **s, "cpu_s": round(c, 3),
          "wall_s": round(t1 - t0, 2), "cpu_us_per_unit": round(1e6 * c / units, 1) if units else None,
          "sys_us_per_unit": round(1e6 * (s1 - s0) / units, 1) if units else None,
-         "wakeups_per_unit": round((w1 - w0) / units, 2) if units else None}
+         "wakeups_per_unit": round((w1 - w0) / units, 2) if units else None,
+         "cpu_wait_us_per_unit": round(1e6 * (d1 - d0) / units, 1) if units else None}
     print(f"  {label:18s} {scen} r={rate:g}/s ok={s['ok']}/{calls} failed={s['failed']} "
           f"cpu={r['cpu_s']:.2f}s -> {r['cpu_us_per_unit']} us/{UNITS[scen]} (kernel {r['sys_us_per_unit']}) "
-          f"p50={r['p50_us']} p99={r['p99_us']} us wake-ups/{UNITS[scen]}={r['wakeups_per_unit']}", flush=True)
+          f"p50={r['p50_us']} p99={r['p99_us']} us wake-ups/{UNITS[scen]}={r['wakeups_per_unit']} "
+          f"waiting for a CPU {r['cpu_wait_us_per_unit']} us/{UNITS[scen]}", flush=True)
     return r
 
 
@@ -208,11 +239,16 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="presenced --workers")
     ap.add_argument("--venv", default=os.environ.get("VENV", os.path.join(ROOT, ".venv")))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--split-cpus", action="store_true",
+                    help="pin the server's processes to CPU 1 and SIPp to CPU 0 (both servers alike)")
     ap.add_argument("--keep-samples", action="store_true",
                     help="keep every latency sample (run directory, latency_us.txt.gz) for a closer look at the tail")
     a = ap.parse_args(argv)
-    global KEEP_SAMPLES
+    global KEEP_SAMPLES, SPLIT_CPUS
     KEEP_SAMPLES = a.keep_samples
+    SPLIT_CPUS = a.split_cpus
+    if SPLIT_CPUS and not {0, 1} <= os.sched_getaffinity(0):
+        ap.error("--split-cpus needs CPUs 0 and 1")
 
     global harness
     sys.path.insert(0, HARNESS)
@@ -253,11 +289,13 @@ def main(argv=None) -> int:
           f"- command: `python bench/equal_rate.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
           f"- presenced: `{ours_cmd}`",
           f"- Kamailio: the shared harness's `{kam_name}` (8 children); {a.repeat} interleaved runs of "
-          f"{a.seconds:g} s per scenario; medians", "",
+          f"{a.seconds:g} s per scenario; medians"
+          + ("; server pinned to CPU 1, SIPp to CPU 0 (--split-cpus)" if SPLIT_CPUS else ""), "",
           "| scenario | rate (calls/s) | Kamailio µs/unit | presenced µs/unit | ratio | of which kernel µs Kamailio / presenced | "
           "p50 ms Kamailio / presenced | p99 ms Kamailio / presenced | p99 ratio | "
-          "Kamailio failed calls | presenced failed calls | wake-ups per unit Kamailio / presenced |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "Kamailio failed calls | presenced failed calls | wake-ups per unit Kamailio / presenced | "
+          "µs waiting for a CPU per unit Kamailio / presenced |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for scen in scens:
         k = [r for r in rows if r["scenario"] == scen and r["server"] == kam_name]
         o = [r for r in rows if r["scenario"] == scen and r["server"] == "presenced"]
@@ -276,12 +314,32 @@ def main(argv=None) -> int:
                   f"{om / km if km else float('nan'):.2f}x | {ks:,.0f} / {os_:,.0f} | {lat['p50_us'][0]:.2f} / {lat['p50_us'][1]:.2f} | "
                   f"{lat['p99_us'][0]:.2f} / {lat['p99_us'][1]:.2f} | {p99r:.2f}x | {sum(r['failed'] for r in k)} / {sum(r['calls'] for r in k)} | "
                   f"{sum(r['failed'] for r in o)} / {sum(r['calls'] for r in o)} | "
-                  f"{_median_of(k, 'wakeups_per_unit')} / {_median_of(o, 'wakeups_per_unit')} |")
+                  f"{_median_of(k, 'wakeups_per_unit')} / {_median_of(o, 'wakeups_per_unit')} | "
+                  f"{_median_of(k, 'cpu_wait_us_per_unit')} / {_median_of(o, 'cpu_wait_us_per_unit')} |")
+    md += ["", "p99 of each transaction SIPp logs (ms, Kamailio / presenced, medians of the runs; "
+           "SIPp stamps the first request of a new call before its own scheduling delay):", "",
+           "| scenario | first transaction | second | third | fourth |", "|---|---|---|---|---|"]
+    for scen in scens:
+        cells = []
+        for tx in LATENCY[scen]:
+            kv = [r["per_tx"][tx]["p99_us"] for r in rows if r["scenario"] == scen and r["server"] == kam_name
+                  and r["per_tx"].get(tx, {}).get("p99_us") is not None]
+            ov = [r["per_tx"][tx]["p99_us"] for r in rows if r["scenario"] == scen and r["server"] == "presenced"
+                  and r["per_tx"].get(tx, {}).get("p99_us") is not None]
+            if kv and ov:
+                km_, om_ = statistics.median(kv) / 1000, statistics.median(ov) / 1000
+                cells.append(f"{tx} {km_:.2f} / {om_:.2f} ({om_ / km_:.2f}x)")
+            else:
+                cells.append(f"{tx} -")
+        cells += [""] * (4 - len(cells))
+        md.append(f"| {scen} | " + " | ".join(cells) + " |")
     md += ["", "CPU = utime+stime of the server's process tree during the SIPp run (/proc, 10 ms ticks); kernel = stime.",
            "Latency = SIPp's <log> lines of the harness's scenarios, client side, medians of the runs' percentiles.",
            "A failed call is one SIPp counted as failed (e.g. Kamailio's 500 \"database is locked\").",
            "Wake-ups = voluntary context switches of the server's processes (/proc/PID/status) per unit: how often "
-           "a process slept waiting for input, so fewer means more messages handled per wake-up."]
+           "a process slept waiting for input, so fewer means more messages handled per wake-up.",
+           "Waiting for a CPU = schedstat run delay of the server's processes per unit: time runnable but not running "
+           "(another process, often SIPp after a wake-up pulled it onto the same core, had the CPU)."]
     text = "\n".join(md) + "\n"
     with open(os.path.join(out, "RESULTS.md"), "w") as f:
         f.write(text)
