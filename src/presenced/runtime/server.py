@@ -1,7 +1,8 @@
 """The asyncio runtime: wires transports to the sans-I/O core.
 
 The core never sleeps or reads the clock; this module feeds it
-`loop.time()`, drains its outbox onto sockets after every call and keeps a
+`loop.time()`, drains its outbox onto sockets after every call (after every
+loop pass for received messages: a burst's answers leave together) and keeps a
 single `call_at` armed for the core's earliest deadline (aioquic's pattern).
 """
 
