@@ -40,7 +40,9 @@ class ServerProcess:
         self.args = [
             sys.executable, "-m", "presenced", "serve",
             "--listen", f"udp:127.0.0.1:{self.port}", "--listen", f"tcp:127.0.0.1:{self.port}",
-            "--db-url", db_url, *extra,
+            "--db-url", db_url,
+            # a stopping test server does not wait 2 s for answers from clients already gone
+            "--set", "core.shutdown_grace_ms=200", *extra,
         ]
         self.proc: subprocess.Popen | None = None
 

@@ -81,7 +81,7 @@ def test_udp_port_in_use_exits_2(server):
 def test_sigterm_stops_taking_requests_and_finishes_notify_in_flight(spawn):
     """SIGTERM: new requests get no answer, the NOTIFY in flight still completes
     (retransmitted until answered), then the process exits 0 at once."""
-    srv = spawn("--set", "presence_xml.force_active=1")
+    srv = spawn("--set", "presence_xml.force_active=1", "--set", "core.shutdown_grace_ms=5000")
     uri = f"sip:{uid('p')}@{HOST}"
     w = SipClient(srv.port, user=uid("w"))  # answers NOTIFYs only when told to
     p = Phone(srv.port, "udp")
@@ -117,6 +117,29 @@ def test_sigterm_stops_taking_requests_and_finishes_notify_in_flight(spawn):
     finally:
         for c in (w, p, late):
             c.close()
+
+
+def test_shutdown_grace_bounds_the_wait_for_unanswered_notifies(spawn):
+    """core.shutdown_grace_ms: a NOTIFY nobody answers keeps a stopping server
+    up for that long, not longer (and not for the default 2 s)."""
+    srv = spawn("--set", "presence_xml.force_active=1", "--set", "core.shutdown_grace_ms=600")
+    uri = f"sip:{uid('p')}@{HOST}"
+    w = SipClient(srv.port, user=uid("w"))  # never answers the NOTIFY below
+    p = Phone(srv.port, "udp")
+    try:
+        _, d = w.subscribe(uri, expires=600)
+        w.expect_notify(d)
+        assert p.publish(uri, pidf(uri, note="unanswered")).status == 200
+        assert b"unanswered" in w.recv(2.0, lambda m: getattr(m, "method", None) == "NOTIFY").body
+        t0 = time.monotonic()
+        srv.sigterm()
+        rc = srv.proc.wait(timeout=10)
+        elapsed = time.monotonic() - t0
+        assert rc == 0, srv.output()
+        assert 0.55 <= elapsed < 1.8, elapsed
+    finally:
+        w.close()
+        p.close()
 
 
 def test_config_errors_name_file_line_and_field(tmp_path):

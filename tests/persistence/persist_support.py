@@ -103,7 +103,8 @@ class Server:
         self.args = [
             sys.executable, "-m", "presenced", "serve",
             "--listen", f"udp:{HOST}:{self.port}", "--listen", f"tcp:{HOST}:{self.port}",
-            "--db-url", url, *(db.set_args() if db is not None else []), *extra,
+            "--db-url", url, *(db.set_args() if db is not None else []),
+            "--set", "core.shutdown_grace_ms=200", *extra,  # clients already gone: no 2 s wait at each stop
         ]
         self.proc: subprocess.Popen | None = None
         self.log = tempfile.NamedTemporaryFile(prefix="presenced-persist-", suffix=".log", delete=False)

@@ -365,7 +365,8 @@ class Server:
         await self.start()
         await stop.wait()
         log.info("shutting down")
-        await self.stop()
+        core = getattr(self.cfg, "core", None)
+        await self.stop(grace=getattr(core, "shutdown_grace_ms", 2000) / 1000)
 
     # Parameters SIGHUP can change in a running server (engine attribute names).
     LIVE = {

@@ -233,14 +233,16 @@ class Supervisor:
 
     def _stop_all(self, code: int) -> int:
         self._kill(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
+        # a worker may wait core.shutdown_grace_ms for NOTIFY answers first
+        timeout = STOP_TIMEOUT + getattr(getattr(self.cfg, "core", None), "shutdown_grace_ms", 2000) / 1000
+        deadline = time.monotonic() + timeout
         while self.pids and time.monotonic() < deadline:
             for index, status in self._reaped():
                 if code == 0 and not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
                     log.warning("worker %d stopped with %s", index, _status(status))
             time.sleep(0.05)
         if self.pids:
-            log.error("workers %s did not stop within %g s: killed", sorted(self.pids), STOP_TIMEOUT)
+            log.error("workers %s did not stop within %g s: killed", sorted(self.pids), timeout)
             self._kill(signal.SIGKILL)
             while self.pids:
                 self._reaped()
