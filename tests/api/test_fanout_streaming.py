@@ -44,8 +44,8 @@ def _publish_datagram(pres: str, client_port: int) -> bytes:
 
 
 def test_a_burst_read_in_one_loop_pass_is_answered_in_one_send_batch():
-    """A load generator sends in bursts; answering each request as it is handled
-    woke the peer once per response (most of the CPU a PUBLISH cost the kernel).
+    """A load generator sends in bursts; answering each request as it was
+    handled interleaved a send (and a wake-up of the peer) with each request.
     The responses to what one pass of the loop read leave together after it."""
     srv = LiveServer(loop=uvloop.new_event_loop()).start()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
