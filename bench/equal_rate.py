@@ -179,7 +179,8 @@ def _sipp(scen: str, rate: float, calls: int, tdir: str) -> dict:
             f.write("\n".join(f"{v:g}" for v in lat))
     return {"rc": rc, "ok": col("SuccessfulCall(C)"), "failed": col("FailedCall(C)"),
             "p50_us": p.get("p50_us"), "p99_us": p.get("p99_us"),
-            "per_tx": {tx: {k: harness.pcts(v).get(k) for k in ("n", "p50_us", "p99_us")} for tx, v in per_tx.items()}}
+            "per_tx": {tx: {k: q.get(k) for k in ("n", "p50_us", "p99_us")}
+                       for tx, q in ((tx, harness.pcts(v)) for tx, v in per_tx.items())}}
 
 
 def run_one(label: str, server, scen: str, rate: float, seconds: float, tdir: str) -> dict:

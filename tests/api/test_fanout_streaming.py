@@ -5,8 +5,6 @@ pass as the PUBLISH, and the young GC generation is collected by time."""
 
 from __future__ import annotations
 
-import secrets
-import socket
 import sqlite3
 import threading
 import time
@@ -33,46 +31,36 @@ def _record_sends(srv: LiveServer) -> list[int]:
     return sizes
 
 
-def _publish_datagram(pres: str, client_port: int) -> bytes:
-    body = pidf(pres, note="burst")
-    head = (f"PUBLISH {pres} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {HOST}:{client_port};branch=z9hG4bK{secrets.token_hex(8)};rport\r\n"
-            f"Max-Forwards: 70\r\nFrom: <{pres}>;tag={secrets.token_hex(4)}\r\nTo: <{pres}>\r\n"
-            f"Call-ID: {secrets.token_hex(8)}@burst\r\nCSeq: 1 PUBLISH\r\nEvent: presence\r\nExpires: 600\r\n"
-            f"Content-Type: application/pidf+xml\r\nContent-Length: {len(body)}\r\n\r\n")
-    return head.encode() + body
-
-
 def test_a_burst_read_in_one_loop_pass_is_answered_in_one_send_batch():
     """A load generator sends in bursts; answering each request as it was
     handled interleaved a send (and a wake-up of the peer) with each request.
     The responses to what one pass of the loop read leave together after it."""
     srv = LiveServer(loop=uvloop.new_event_loop()).start()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        sock.bind((HOST, 0))
-        sock.settimeout(5)
-        sizes = _record_sends(srv)
-        blocked, gate = threading.Event(), threading.Event()
+        with SipClient(srv.port, user="pub") as client:
+            sizes = _record_sends(srv)
+            blocked, gate = threading.Event(), threading.Event()
 
-        def hold() -> None:  # the loop is busy while the burst queues up in the kernel
-            blocked.set()
-            gate.wait(5)
+            def hold() -> None:  # the loop is busy while the burst queues up in the kernel
+                blocked.set()
+                gate.wait(5)
 
-        srv.loop.call_soon_threadsafe(hold)
-        assert blocked.wait(5)
-        n = 16
-        pres = [f"sip:{uid('b')}@{HOST}" for _ in range(n)]
-        for p in pres:
-            sock.sendto(_publish_datagram(p, sock.getsockname()[1]), (HOST, srv.port))
-        gate.set()
-        answers = [sock.recv(65535) for _ in range(n)]
-        assert all(a.startswith(b"SIP/2.0 200 ") for a in answers), [a[:40] for a in answers]
-        assert len({a.split(b"SIP-ETag: ")[1].split(b"\r\n")[0] for a in answers}) == n
+            srv.loop.call_soon_threadsafe(hold)
+            assert blocked.wait(5)
+            n = 16
+            pres = [f"sip:{uid('b')}@{HOST}" for _ in range(n)]
+            for p in pres:
+                data, _branch = client.build("PUBLISH", p, [("Event", "presence"), ("Expires", "600"),
+                                                            ("Content-Type", "application/pidf+xml")],
+                                             pidf(p, note="burst"), from_uri=p)
+                client.send_raw(data)
+            gate.set()
+            answers = [client.recv(5.0, lambda m: getattr(m, "status", 0) >= 200) for _ in range(n)]
+            assert all(a.status == 200 for a in answers), [a.status for a in answers]
+            assert len({a.get("sip-etag") for a in answers}) == n
         assert srv.in_loop(lambda: sum(1 for p in pres if (p, "presence") in srv.server.core.engine.publications)) == n
         assert sizes == [n], sizes  # one batch, not sixteen
     finally:
-        sock.close()
         srv.stop()
 
 

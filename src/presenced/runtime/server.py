@@ -319,8 +319,11 @@ class Server:
             except Exception as e:
                 log.warning("reloading credentials failed: %s", e)
 
-    async def stop(self, grace: float = 2.0) -> None:
-        """Stop listening, let in-flight NOTIFY transactions finish (bounded)."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop listening, let in-flight NOTIFY transactions finish (bounded by
+        `grace` seconds, by default core.shutdown_grace_ms)."""
+        if grace is None:
+            grace = shutdown_grace(self.cfg)
         # From here on requests are dropped (also on UDP sockets and open TCP
         # connections, which stay up for the NOTIFY responses still expected).
         self.stopping = True
@@ -365,8 +368,7 @@ class Server:
         await self.start()
         await stop.wait()
         log.info("shutting down")
-        core = getattr(self.cfg, "core", None)
-        await self.stop(grace=getattr(core, "shutdown_grace_ms", 2000) / 1000)
+        await self.stop()
 
     # Parameters SIGHUP can change in a running server (engine attribute names).
     LIVE = {
@@ -476,7 +478,7 @@ class Server:
         if not self._flush_soon:
             # What this message produced leaves after every datagram the loop
             # read in this pass has been handled (call_soon runs after them):
-            # the peer is woken once per burst, not once per response.
+            # a burst's answers go out together, not between its requests.
             self._flush_soon = True
             self.loop.call_soon(self._flush_burst)
 
@@ -717,6 +719,11 @@ class Server:
             return
         self.core.transport_failed(ct, self.loop.time())
         self._flush()
+
+
+def shutdown_grace(cfg: Any) -> float:
+    """Seconds a stopping server waits for answers to its NOTIFYs in flight."""
+    return int(getattr(getattr(cfg, "core", None), "shutdown_grace_ms", 2000)) / 1000
 
 
 def install_uvloop() -> bool:

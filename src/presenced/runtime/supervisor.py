@@ -233,8 +233,8 @@ class Supervisor:
 
     def _stop_all(self, code: int) -> int:
         self._kill(signal.SIGTERM)
-        # a worker may wait core.shutdown_grace_ms for NOTIFY answers first
-        timeout = STOP_TIMEOUT + getattr(getattr(self.cfg, "core", None), "shutdown_grace_ms", 2000) / 1000
+        from presenced.runtime.server import shutdown_grace
+        timeout = STOP_TIMEOUT + shutdown_grace(self.cfg)  # a worker may wait that long for NOTIFY answers first
         deadline = time.monotonic() + timeout
         while self.pids and time.monotonic() < deadline:
             for index, status in self._reaped():

@@ -270,7 +270,7 @@ class WorkerServer(Server):
         # Frames name the UDP listener by position; one lookup per forwarded datagram.
         self._udp_index = {listener: i for i, listener in enumerate(self.udp)}
 
-    async def stop(self, grace: float = 2.0) -> None:
+    async def stop(self, grace: float | None = None) -> None:
         await super().stop(grace)
         if self.http is None:
             self.metrics.detach()
