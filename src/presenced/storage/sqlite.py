@@ -16,7 +16,13 @@ WAL checkpoints (which fsync) never run inline and never on the store's
 thread: automatic checkpoints are off on our connection, and every
 CHECKPOINT_EVERY writes a PASSIVE checkpoint runs on a second connection and
 thread of its own, which in WAL mode does not block the writer, so commits
-stay inline while the file is synced. Against other processes (Kamailio, a
+stay inline while the file is synced. SQLite restarts the WAL from its start
+only when a write finds every frame checkpointed, which a writer that never
+pauses (a busy server's write-through PUBLISHes) never lets happen, and a
+second connection polling for the write lock rarely gets it between our
+commits: past WAL_RESTART_FRAMES a TRUNCATE checkpoint runs on the store's
+own thread, so our writes queue behind it (as behind any call there) while it
+copies the few frames PASSIVE left and empties the file. Against other processes (Kamailio, a
 second presenced) WAL mode lets readers run beside the writer, write
 transactions start with BEGIN IMMEDIATE (no lock upgrades, hence no
 deadlock-style SQLITE_BUSY; a batch of one statement is one autocommit
@@ -43,6 +49,8 @@ log = logging.getLogger("presenced.storage.sqlite")
 BUSY_TIMEOUT_MS = 5000
 LOCKED_DEADLINE = 30.0  # seconds of "database is locked" retries before giving up
 CHECKPOINT_EVERY = 200  # write transactions between WAL checkpoints (SQLite's own default: ~1,000 pages)
+WAL_RESTART_FRAMES = 8192  # WAL frames (~32 MiB of 4 KiB pages) past which a checkpoint truncates the WAL
+WAL_RESTART_WAIT_MS = 200  # how long that checkpoint waits for the write lock and for readers
 LOCK_POLL_FIRST = 0.00005  # seconds before a locked write tries again, doubling ...
 LOCK_POLL_MAX = 0.002      # ... up to this
 _sleep = time.sleep
@@ -97,6 +105,7 @@ class SqliteStore(SqlStore):
         self.inline_writes = 0   # transactions committed on the loop thread
         self.thread_writes = 0
         self.checkpoints = 0
+        self.wal_restarts = 0    # TRUNCATE checkpoints that emptied the WAL
         self._since_checkpoint = 0
         self._checkpointing: asyncio.Task | None = None
         # The checkpointer's own connection and thread, opened at the first checkpoint.
@@ -125,6 +134,9 @@ class SqliteStore(SqlStore):
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA wal_autocheckpoint = 0")  # see CHECKPOINT_EVERY
             conn.execute("PRAGMA synchronous = NORMAL")
+            # A WAL that SQLite restarts on its own (an idle moment) is cut back
+            # to this size rather than keeping its high-water mark on disk.
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_RESTART_FRAMES * 4096}")
             # Opening (the WAL switch above) may wait on other processes; from
             # here on every wait is ours (_retry_locked, _transaction_waiting).
             conn.execute("PRAGMA busy_timeout = 0")
@@ -138,13 +150,28 @@ class SqliteStore(SqlStore):
             self._conn.close()
             self._conn = None
 
-    def _checkpoint_once(self) -> None:
+    def _checkpoint_once(self) -> int:
         """On the checkpointer's thread: PASSIVE copies what it can of the WAL into
-        the database (and syncs it) without taking the write lock or waiting."""
+        the database (and syncs it) without taking the write lock or waiting.
+        Returns the WAL's length in frames."""
         if self._ckpt_conn is None:
             self._ckpt_conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._ckpt_conn.execute("PRAGMA wal_autocheckpoint = 0")
-        self._ckpt_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        row = self._ckpt_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return -1 if row is None else int(row[1])
+
+    def _restart_wal(self) -> bool:
+        """On the store's thread (our writes wait behind it): checkpoint the rest
+        of the WAL and empty the file. False when another process's lock or
+        reader outlasted WAL_RESTART_WAIT_MS (the next checkpoint tries again)."""
+        conn = self._conn
+        assert conn is not None
+        conn.execute(f"PRAGMA busy_timeout = {WAL_RESTART_WAIT_MS}")
+        try:
+            row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.execute("PRAGMA busy_timeout = 0")
+        return row is not None and row[0] == 0
 
     def _close_checkpointer(self) -> None:
         if self._ckpt_conn is not None:
@@ -291,8 +318,10 @@ class SqliteStore(SqlStore):
         try:
             if self._ckpt_executor is None:
                 self._ckpt_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="presenced-sqlite-ckpt")
-            await asyncio.get_running_loop().run_in_executor(self._ckpt_executor, self._checkpoint_once)
+            frames = await asyncio.get_running_loop().run_in_executor(self._ckpt_executor, self._checkpoint_once)
             self.checkpoints += 1
+            if frames >= WAL_RESTART_FRAMES and self._executor is not None and await self._call(self._restart_wal):
+                self.wal_restarts += 1
         except Exception as exc:  # noqa: BLE001 - the next write tries again
             log.debug("WAL checkpoint on %s failed: %s", self.url, exc)
         finally:
