@@ -306,3 +306,59 @@ async def test_wal_stays_bounded_under_writes_that_never_pause(tmp_path, monkeyp
         assert len(await store.load_presentities(NOW)) == 4000  # nothing lost to a restart
     finally:
         await store.close()
+
+
+async def test_a_reader_pinning_the_wal_costs_one_wait_per_restart_interval(tmp_path, monkeypatch, caplog):
+    """Another connection in a read transaction (an operator's sqlite3 shell)
+    keeps the WAL from being emptied: the TRUNCATE checkpoint then waits
+    WAL_RESTART_WAIT_MS with our writes queued behind it, so it is tried again
+    only WAL_RESTART_FRAMES later, says so in the log, and empties the WAL
+    once the reader has gone."""
+    import os
+
+    from presenced.storage import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 10)
+    monkeypatch.setattr(sqlite_store, "WAL_RESTART_FRAMES", 1000)
+    monkeypatch.setattr(sqlite_store, "WAL_RESTART_WAIT_MS", 50)
+    path = f"{tmp_path}/r.db"
+    store = Store.from_url(f"sqlite://{path}")
+    await store.connect()
+    attempts = []
+    real = store._restart_wal
+
+    def counted() -> bool:
+        attempts.append(1)
+        return real()
+
+    store._restart_wal = counted
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        await store.ensure_schema()
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM presentity").fetchall()  # holds its snapshot
+        for i in range(1500):
+            await store.write(Batch(presentity_upserts=[pres(username=f"u{i}", etag=f"e{i}")]))
+            if i % 10 == 0:
+                await asyncio.sleep(0)
+        for _ in range(100):
+            if store._checkpointing is None:
+                break
+            await asyncio.sleep(0.01)
+        frames = os.path.getsize(f"{path}-wal") // 4096
+        assert store.wal_restarts == 0
+        assert 1 <= len(attempts) <= frames // 1000 + 1, (len(attempts), frames, store.checkpoints)
+        assert "could not be emptied" in caplog.text
+
+        reader.execute("COMMIT")
+        for i in range(1500, 3500):
+            await store.write(Batch(presentity_upserts=[pres(username=f"u{i}", etag=f"e{i}")]))
+            if i % 10 == 0:
+                await asyncio.sleep(0)
+            if store.wal_restarts:
+                break
+        assert store.wal_restarts >= 1
+        assert len(await store.load_presentities(NOW)) >= 1500
+    finally:
+        reader.close()
+        await store.close()

@@ -106,6 +106,11 @@ class SqliteStore(SqlStore):
         self.thread_writes = 0
         self.checkpoints = 0
         self.wal_restarts = 0    # TRUNCATE checkpoints that emptied the WAL
+        # WAL length (frames) at which the next TRUNCATE is tried: after one
+        # that a foreign reader or lock outlasted, only another
+        # WAL_RESTART_FRAMES later, so a stuck reader (an open sqlite3 shell)
+        # costs one WAL_RESTART_WAIT_MS stall per ~32 MiB, not per checkpoint.
+        self._restart_at = WAL_RESTART_FRAMES
         self._since_checkpoint = 0
         self._checkpointing: asyncio.Task | None = None
         # The checkpointer's own connection and thread, opened at the first checkpoint.
@@ -163,7 +168,7 @@ class SqliteStore(SqlStore):
     def _restart_wal(self) -> bool:
         """On the store's thread (our writes wait behind it): checkpoint the rest
         of the WAL and empty the file. False when another process's lock or
-        reader outlasted WAL_RESTART_WAIT_MS (the next checkpoint tries again)."""
+        reader outlasted WAL_RESTART_WAIT_MS."""
         conn = self._conn
         assert conn is not None
         conn.execute(f"PRAGMA busy_timeout = {WAL_RESTART_WAIT_MS}")
@@ -320,8 +325,17 @@ class SqliteStore(SqlStore):
                 self._ckpt_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="presenced-sqlite-ckpt")
             frames = await asyncio.get_running_loop().run_in_executor(self._ckpt_executor, self._checkpoint_once)
             self.checkpoints += 1
-            if frames >= WAL_RESTART_FRAMES and self._executor is not None and await self._call(self._restart_wal):
-                self.wal_restarts += 1
+            if frames < WAL_RESTART_FRAMES:
+                self._restart_at = WAL_RESTART_FRAMES
+            elif frames >= self._restart_at and self._executor is not None:
+                if await self._call(self._restart_wal):
+                    self.wal_restarts += 1
+                    self._restart_at = WAL_RESTART_FRAMES
+                else:
+                    self._restart_at = frames + WAL_RESTART_FRAMES
+                    log.warning("%s: the WAL (%d frames) could not be emptied: another connection "
+                                "kept reading or writing for %d ms; trying again %d frames later",
+                                self.url, frames, WAL_RESTART_WAIT_MS, WAL_RESTART_FRAMES)
         except Exception as exc:  # noqa: BLE001 - the next write tries again
             log.debug("WAL checkpoint on %s failed: %s", self.url, exc)
         finally:
