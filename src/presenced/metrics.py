@@ -406,6 +406,10 @@ class Metrics:
         e.sample("presenced_notify_retransmissions_total", tx.stats.get("notify_retransmits", 0))
         e.family("presenced_notify_timeouts_total", "counter", "NOTIFY transactions that timed out or could not be sent.")
         e.sample("presenced_notify_timeouts_total", es.get("notify_timeout", 0))
+        e.family("presenced_notify_udp_fallbacks_total", "counter",
+                 "UDP watchers that refused TCP for a NOTIFY over 1300 bytes (RFC 3261 §18.1.1); "
+                 "their large NOTIFYs go over UDP for 5 minutes.")
+        e.sample("presenced_notify_udp_fallbacks_total", es.get("notify_udp_fallbacks", 0))
         e.family("presenced_publish_notify_latency_seconds", "histogram",
                  "Time from a PUBLISH's arrival to each NOTIFY it caused being handed to the transaction layer.")
         e.histogram("presenced_publish_notify_latency_seconds", self.publish_notify_latency)

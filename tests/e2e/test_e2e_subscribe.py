@@ -362,6 +362,33 @@ def test_large_notify_to_udp_watcher_goes_over_tcp(server, phones, presentity):
         lsock.close()
 
 
+def test_large_notify_to_a_udp_only_watcher_falls_back_to_udp(server, phones, presentity):
+    """Desk phones often listen on UDP only: when the TCP connection for a
+    NOTIFY over 1300 bytes is refused, the NOTIFY goes over UDP after all and
+    the subscription lives on (it used to end as a NOTIFY timeout)."""
+    for _ in range(50):
+        w = phones(server, "udp")
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(1)
+            if probe.connect_ex((HOST, w.port)) != 0:  # nothing takes TCP on the phone's port
+                break
+        finally:
+            probe.close()
+    else:
+        pytest.fail("no UDP port without a TCP listener on the same number")
+    _, d = w.subscribe(presentity, expires=60)
+    w.expect_notify(d)
+    note = "Out of office until Monday; ask my colleague for urgent matters. " * 25
+    for status in ("big", "bigger"):
+        _publish(server, presentity, pidf(presentity, status, note=note))
+        n = w.expect_notify(d, timeout=3)
+        assert len(n.body) > 1300
+        assert n.top_via.transport.upper() == "UDP"
+        assert sub_state(n).startswith("active")
+        assert tuple_ids(n.body)[0] == status  # composed with the earlier publication
+
+
 def test_closed_tcp_watcher_does_not_stop_others(server, phones, presentity):
     gone = Phone(server.port, "tcp")
     _, gd = gone.subscribe(presentity, expires=60)

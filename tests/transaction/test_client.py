@@ -299,3 +299,44 @@ def test_an_answered_notify_leaves_no_deadline_to_wake_up_for(h):
     assert h.layer.receive_response(response(200, "z9hG4bKcli2"), h.now) is True
     assert h.timers.next_deadline() == pytest.approx(h.now + 5.0)  # only Timer K's absorb entries
     assert h.timers.next_deadline(lax_slack=1.0) == pytest.approx(h.now + 6.0)
+
+
+def test_request_moved_to_tcp_falls_back_to_udp_when_tcp_fails(h):
+    """A NOTIFY sent over TCP only for its size (RFC 3261 §18.1.1) goes over
+    UDP when the peer takes no TCP: Via back to UDP, Timer E from then on, the
+    same Timer F deadline, and an answer still completes it."""
+    data = NOTIFY.replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP")
+    rec = Recorder(h)
+    ct = h.layer.send_request(data, BRANCH, "NOTIFY", TCP_PEER, h.now, rec)
+    ct.udp_fallback = UDP_PEER
+    assert h.take() == [(data, TCP_PEER, ct)]
+    h.advance_to(0.2)
+    assert h.layer.fall_back_to_udp(ct, h.now) is True
+    assert h.take() == [(NOTIFY, UDP_PEER, ct)]  # Via says UDP again
+    assert h.layer.fall_back_to_udp(ct, h.now) is False  # once
+    h.advance_to(1.8)
+    assert h.send_times(ct) == approx_list([0.7, 1.7])  # Timer E: T1, then 2*T1
+    resp = response(200, BRANCH)
+    assert h.layer.receive_response(resp, h.now) is True
+    assert rec.results == [resp]
+    h.advance_to(40.0)
+    assert rec.results == [resp]
+
+
+def test_udp_fallback_keeps_the_timer_f_deadline(h):
+    rec = Recorder(h)
+    ct = h.layer.send_request(NOTIFY, BRANCH, "NOTIFY", TCP_PEER, h.now, rec)
+    ct.udp_fallback = UDP_PEER
+    h.advance_to(10.0)
+    assert h.layer.fall_back_to_udp(ct, h.now) is True
+    h.advance_to(31.9)
+    assert rec.calls == []
+    h.advance_to(32.1)
+    assert rec.results == [None]
+
+
+def test_no_udp_fallback_for_a_request_that_chose_tcp(h):
+    ct, rec = start(h, TCP_PEER)
+    assert h.layer.fall_back_to_udp(ct, h.now) is False
+    h.layer.transport_failed(ct, h.now)
+    assert rec.results == [None]

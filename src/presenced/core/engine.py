@@ -30,6 +30,7 @@ from presenced.transaction.timers import DelayQueue, TimerHeap
 log = logging.getLogger("presenced.engine")
 
 UDP_MTU_LIMIT = 1300  # RFC 3261 §18.1.1
+NO_TCP_MEMORY = 300.0  # seconds a watcher that refused TCP gets its large NOTIFYs over UDP
 HARD_STATE_SECONDS = 10 * 365 * 86400  # "never expires" (Kamailio stores expires = -1)
 
 
@@ -201,8 +202,11 @@ class PresenceEngine:
         # (pres_uri, package key, now) after a state change's NOTIFYs are queued; the
         # authorizer uses it to re-authorize watchers when the published sphere changes.
         self.on_publication_changed: Callable[[str, str, float], None] | None = None
+        # (host, port) of UDP watchers that took no TCP connection -> until when
+        # their large NOTIFYs skip TCP (tcp_refused).
+        self._no_tcp: dict[tuple[str, int], float] = {}
         self.stats: dict[str, int] = {
-            "notify_sent": 0, "notify_failed": 0, "notify_timeout": 0,
+            "notify_sent": 0, "notify_failed": 0, "notify_timeout": 0, "notify_udp_fallbacks": 0,
             "publications_expired": 0, "subscriptions_expired": 0,
         }
 
@@ -871,10 +875,12 @@ class PresenceEngine:
             f"Contact: <{sub.local_contact}>\r\n"
             f"{ctype_line}Content-Length: {len(body)}\r\n\r\n"
         ).encode("utf-8", "surrogateescape") + body
-        if dest.transport == "udp" and len(data) > UDP_MTU_LIMIT:
-            # RFC 3261 §18.1.1: too big for UDP, use a congestion-controlled transport
+        udp_dest: Address | None = None
+        if dest.transport == "udp" and len(data) > UDP_MTU_LIMIT and not self._refuses_tcp(dest, now):
+            # RFC 3261 §18.1.1: too big for UDP, use a congestion-controlled
+            # transport; if the watcher takes no TCP, UDP after all (tcp_refused).
             data = data.replace(b"Via: SIP/2.0/UDP ", b"Via: SIP/2.0/TCP ", 1)
-            dest = Address("tcp", dest.host, dest.port, None)
+            udp_dest, dest = dest, Address("tcp", dest.host, dest.port, None)
         sub.notifies_sent += 1
         self.stats["notify_sent"] += 1
         if sub.notify_origin is not None:  # only ever set while on_notify_latency is
@@ -882,7 +888,27 @@ class PresenceEngine:
             hook = self.on_notify_latency
             if hook is not None:
                 hook(pkg.key, now - origin)
-        self.tx.send_request(data, branch, "NOTIFY", dest, now, partial(self._notify_result, sub))
+        ct = self.tx.send_request(data, branch, "NOTIFY", dest, now, partial(self._notify_result, sub))
+        ct.udp_fallback = udp_dest
+
+    def _refuses_tcp(self, dest: Address, now: float) -> bool:
+        until = self._no_tcp.get((dest.host, dest.port))
+        if until is None:
+            return False
+        if until > now:
+            return True
+        del self._no_tcp[(dest.host, dest.port)]
+        return False
+
+    def tcp_refused(self, host: str, port: int, now: float) -> None:
+        """A watcher took no TCP connection for a NOTIFY moved there for its
+        size: its large NOTIFYs go over UDP for NO_TCP_MEMORY seconds (desk
+        phones listen on UDP only; failing the NOTIFY would end the
+        subscription)."""
+        if len(self._no_tcp) >= 10000:
+            self._no_tcp.clear()
+        self._no_tcp[(host, port)] = now + NO_TCP_MEMORY
+        self.stats["notify_udp_fallbacks"] += 1
 
     def _destination(self, sub: Subscription, next_hop: str, size: int) -> Address:
         src = sub.source

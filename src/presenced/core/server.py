@@ -176,6 +176,10 @@ class SipCore:
 
     def transport_failed(self, ct: ClientTransaction, now: float) -> None:
         self.engine.now = now
+        udp = ct.udp_fallback
+        if udp is not None and self.tx.fall_back_to_udp(ct, now):
+            self.engine.tcp_refused(udp.host, udp.port, now)
+            return
         self.tx.transport_failed(ct, now)
 
     # --------------------------------------------------------------- receive

@@ -200,7 +200,8 @@ def _no_result(resp: Response | None, now: float) -> None:
 
 
 class ClientTransaction:
-    __slots__ = ("key", "data", "dest", "on_result", "timer_e", "timer_f", "interval", "done", "retransmits", "deadline")
+    __slots__ = ("key", "data", "dest", "on_result", "timer_e", "timer_f", "interval", "done", "retransmits", "deadline",
+                 "udp_fallback")
 
     def __init__(self, key: str, data: bytes, dest: Address, on_result: Callable[[Response | None, float], None]) -> None:
         self.key = key  # "<branch> <method>"
@@ -213,6 +214,9 @@ class ClientTransaction:
         self.done = False
         self.retransmits = 0
         self.deadline = 0.0  # Timer F
+        # Where a request moved to TCP for its size (RFC 3261 §18.1.1) goes
+        # instead when the peer takes no TCP connection: its UDP address.
+        self.udp_fallback: Address | None = None
 
     def result(self, resp: Response | None, now: float) -> None:
         """Hand the outcome to the TU, once, and let go of what only retransmitting needed."""
@@ -372,6 +376,24 @@ class TransactionLayer:
 
     def _timer_k(self, now: float, key: str) -> None:
         self._absorbing.discard(key)
+
+    def fall_back_to_udp(self, ct: ClientTransaction, now: float) -> bool:
+        """A request moved to TCP for its size could not be sent there: send it
+        over UDP after all (Via back to UDP, Timer E from now, same Timer F
+        deadline). False when `ct` has no UDP address to fall back to."""
+        dest = ct.udp_fallback
+        if ct.done or dest is None:
+            return False
+        ct.udp_fallback = None
+        if ct.timer_f is not None:
+            ct.timer_f.cancel()
+            ct.timer_f = None
+        ct.dest = dest
+        ct.data = ct.data.replace(b"Via: SIP/2.0/TCP ", b"Via: SIP/2.0/UDP ", 1)
+        self.outbox.append((ct.data, dest, ct))
+        ct.interval = self.t1
+        ct.timer_e = self.timers.schedule(min(now + self.t1, ct.deadline), self._timer_e, ct)
+        return True
 
     def transport_failed(self, ct: ClientTransaction, now: float) -> None:
         """The transport could not send (e.g. TCP connect refused): fail now."""
