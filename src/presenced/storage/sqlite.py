@@ -12,23 +12,22 @@ When another process holds the lock it goes to the thread and waits there,
 polling every 50 µs-2 ms rather than with SQLite's own busy handler, which
 sleeps 1, 2, 5, 10 ms between tries while a WAL commit holds the lock for a
 fraction of a millisecond (its sleeps, not the lock, made the tail latency).
-WAL checkpoints (which fsync) never run inline and never on the store's
-thread: automatic checkpoints are off on our connection, and every
-CHECKPOINT_EVERY writes a PASSIVE checkpoint runs on a second connection and
-thread of its own, which in WAL mode does not block the writer, so commits
-stay inline while the file is synced. SQLite restarts the WAL from its start
-only when a write finds every frame checkpointed, which a writer that never
-pauses (a busy server's write-through PUBLISHes) never lets happen, and a
-second connection polling for the write lock rarely gets it between our
-commits: past WAL_RESTART_FRAMES a TRUNCATE checkpoint runs on the store's
-own thread, so our writes queue behind it (as behind any call there) while it
-copies the few frames PASSIVE left and empties the file. Against other processes (Kamailio, a
-second presenced) WAL mode lets readers run beside the writer, write
-transactions start with BEGIN IMMEDIATE (no lock upgrades, hence no
-deadlock-style SQLITE_BUSY; a batch of one statement is one autocommit
-statement, which takes the write lock at its start), a write waits 5 s for the
-lock and a read or transaction that still gets "database is locked" is retried
-every 2 ms for up to 30 s.
+WAL checkpoints (which fsync) never run inline: automatic checkpoints are off
+on our connection, and every CHECKPOINT_EVERY writes a PASSIVE checkpoint runs
+on a second connection and thread of its own, which in WAL mode does not
+block the writer, so commits stay inline while the file is synced. SQLite
+restarts the WAL from its start only when a write finds every frame
+checkpointed, which a writer that never pauses (a busy server's write-through
+PUBLISHes) never lets happen, and a second connection polling for the write
+lock rarely gets it between our commits: past WAL_RESTART_FRAMES a TRUNCATE
+checkpoint runs on the store's own thread, so our writes queue behind it (as
+behind any call there) while it copies the few frames PASSIVE left and
+empties the file. Against other processes (Kamailio, a second presenced) WAL
+mode lets readers run beside the writer, write transactions start with BEGIN
+IMMEDIATE (no lock upgrades, hence no deadlock-style SQLITE_BUSY; a batch of
+one statement is one autocommit statement, which takes the write lock at its
+start), a write waits 5 s for the lock and a read or transaction that still
+gets "database is locked" is retried every 2 ms for up to 30 s.
 """
 
 from __future__ import annotations
