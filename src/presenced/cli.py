@@ -72,10 +72,6 @@ def serve(config_file, listen, db_url, sets, log_level, route_spec, http_listen,
                 server.core.engine.notify_reply_hook = hook
         return server
 
-    if cfg.core.sched_slice_us:
-        from presenced.runtime.scheduling import set_slice_us
-
-        set_slice_us(cfg.core.sched_slice_us)
     if cfg.core.workers > 1:
         sys.exit(_serve_workers(cfg, setup))
     install_uvloop()

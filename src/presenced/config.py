@@ -311,8 +311,6 @@ class CoreSection(_Section):
     shutdown_grace_ms: int = _int(2000, "On SIGTERM, how long the server waits for answers to the "
                                         "NOTIFYs still in flight (the final ones included) before it "
                                         "closes its sockets; 0 = not at all.", min=0, max=60000)
-    sched_slice_us: int = _int(0, "EXPERIMENT: fair-scheduler slice in microseconds; 0 = the kernel's "
-                                  "default.", min=0, max=100000)
     children: int = _int(0, "Kamailio's core name for the number of workers; alias of "
                             "core.workers (higher-precedence source wins, core.workers on a "
                             'tie); 0 = not set.', min=0, max=64)
