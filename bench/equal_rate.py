@@ -238,6 +238,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="length of each SIPp run")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved repeats (medians reported)")
     ap.add_argument("--workers", type=int, default=1, help="presenced --workers")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.PARAM=VALUE",
+                    help="extra presenced --set (repeatable), e.g. presence.fanout_batch=100")
     ap.add_argument("--venv", default=os.environ.get("VENV", os.path.join(ROOT, ".venv")))
     ap.add_argument("--out", default=None)
     ap.add_argument("--split-cpus", action="store_true",
@@ -266,6 +268,7 @@ def main(argv=None) -> int:
     work = tempfile.mkdtemp(prefix="equal-rate-")
     kam_name = "kamailio-sqlite" if a.storage == "sqlite" else "kamailio-mem"
     ours_cmd = _presenced_cmd(os.path.abspath(a.venv), a.storage, a.workers)
+    ours_cmd += "".join(f" --set {x}" for x in a.sets)
     rows = []
     try:
         for scen in scens:
