@@ -222,6 +222,8 @@ class SipCore:
             self.stats["internal_errors"] += 1
             if st.last_response is None:
                 self.respond(msg, st, Reply(500, "Server Internal Error", [("Retry-After", "5")]), now)
+        # timers, storage and shutdown log without a request's Call-ID
+        CALL_ID.set(None)
 
     def _process_received(self, req: Request, source: Address) -> None:
         """RFC 3261 §18.2.1 and RFC 3581: stamp received/rport on the top Via."""
@@ -429,6 +431,7 @@ class SipCore:
                         self.respond(req, st, Reply(500, "Server Internal Error", [("Retry-After", "5")]), now)
         finally:
             self._resuming = False
+            CALL_ID.set(None)
         if self.engine._fanout:
             self.engine.drain_fanout(now, self.fanout_batch)
 
