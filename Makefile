@@ -26,9 +26,9 @@ $(VENV)/.compiled: $(VENV)/.installed $(COMPILED_SRC) $(C_SRC) src/presenced/_bu
 
 venv: $(VENV)/.compiled
 
-# What mypyc needs: the compiled modules type-check.
+# What mypyc needs: the compiled modules type-check (and the runtime that wires them).
 typecheck: venv
-	$(PY) -m mypy --config-file pyproject.toml $(COMPILED_SRC)
+	$(PY) -m mypy --config-file pyproject.toml $(COMPILED_SRC) src/presenced/runtime
 
 run: venv
 	$(VENV)/bin/presenced serve $(ARGS)

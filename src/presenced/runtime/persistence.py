@@ -438,7 +438,7 @@ class Persistence:
         async with self._lock:
             taken = self._take(urgent)
             batch = build_batch(taken, self.engine.wall_offset) if taken is not None else None
-            if batch is None or batch.empty():
+            if taken is None or batch is None or batch.empty():
                 if not self.healthy:  # nothing to write: find out whether the outage is over
                     await self._probe()
                 return self.healthy
@@ -506,10 +506,10 @@ class Persistence:
         for etag, p in taken.pubs.items():
             if etag not in j.pub_deletes:
                 j.pubs.setdefault(etag, p)
-        for k, v in taken.subs.items():
-            j.subs.setdefault(k, v)
-        for k, v in taken.auth.items():
-            j.auth.setdefault(k, v)
+        for sk, sv in taken.subs.items():
+            j.subs.setdefault(sk, sv)
+        for ak, av in taken.auth.items():
+            j.auth.setdefault(ak, av)
 
     async def _periodic_flush(self) -> None:
         while True:

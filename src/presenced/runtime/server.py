@@ -167,7 +167,8 @@ class Server:
                 bound[i] = ("udp", host, l.port)
             else:
                 srv = await self._listen_stream(proto, host, port, sock)
-                real = srv.sockets[0].getsockname()[1] if srv.sockets else port
+                listening = getattr(srv, "sockets", None)  # asyncio.Server has them, AbstractServer does not say so
+                real = listening[0].getsockname()[1] if listening else port
                 bound[i] = (proto, host, real)
         self.bound.extend(bound[i] for i in sorted(bound))
 
@@ -695,7 +696,7 @@ class Server:
         assert self.loop is not None
         try:
             infos = await self.loop.getaddrinfo(dest.host, dest.port, type=2)
-            host = infos[0][4][0]
+            host = str(infos[0][4][0])
         except OSError:
             self._failed(ct)
             return

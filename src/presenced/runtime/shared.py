@@ -57,7 +57,7 @@ def needs_sync(data: bytes) -> bool:
 class Loaded:
     """Rows read for one request, applied to the engine just before it runs."""
 
-    dialog: tuple | None = None                       # (engine dialog key, row pair or None)
+    dialog: tuple[tuple, Any] | None = None            # (engine dialog key, row pair or None)
     pubs: tuple[str, str, list] | None = None         # (pres, event, presentity rows)
     subs: list[tuple[str, str, list]] = field(default_factory=list)
     rules: tuple[str, bytes | None] | None = None      # (pres, pres-rules document or None)
@@ -104,7 +104,7 @@ class SharedState:
             from_tag = req.from_.tag or ""
         except SipParseError:
             return None  # the core answers it
-        if pkg is None:
+        if pkg is None or ev is None:
             return None
         wall = int(time.time())
         out = Loaded()

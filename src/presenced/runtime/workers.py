@@ -277,9 +277,12 @@ class WorkerServer(Server):
         self.mesh.close()
 
     # ---------------------------------------------------------- receive
-    def _on_message(self, data: bytes, source: Address, local: tuple[str, int]) -> None:
+    def _on_message(self, data: bytes, source: Address, local: tuple[str, int],
+                    parsed: Request | Response | None = None) -> None:
+        msg: Request | Response | None = parsed
         try:
-            msg: Request | Response | None = parse_message(data, stream=source.transport in FRAMED)
+            if msg is None:
+                msg = parse_message(data, stream=source.transport in FRAMED)
         except SipParseError:
             msg = None  # the core answers it (or drops it) as a single process would
         owner = self.index if msg is None else self.partition.owner_of_message(msg)
