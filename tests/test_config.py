@@ -83,7 +83,7 @@ def test_kamailio_defaults_spot_check():
     assert c.presence_dialoginfo.force_single_dialog == 0
     assert c.presence_dialoginfo.force_dummy_dialog == 0
     assert c.presence_dialoginfo.default_expires == 3600
-    assert c.presence_reginfo.default_expires == 3600
+    assert c.presence_reginfo.default_expires == 3761  # RFC 3680 §4.4; Kamailio says 3600
     assert c.presence_reginfo.aggregate_presentities == 0
 
 
@@ -412,7 +412,7 @@ def test_operator_warnings():
     assert c.warnings == [
         "presence.db_update_period = 0 (--set): subscriptions will never expire on their own",
         "presence_mwi.default_expires = 7200 (--set) exceeds presence.max_expires = 3600 "
-        "(default); it will be capped",
+        "(default): requests without Expires get 7200 s, longer than a watcher may ask for",
         'http.listen = "127.0.0.1:8080" (--set) is enabled without http.token: the HTTP API '
         "accepts unauthenticated requests",
     ]

@@ -600,7 +600,8 @@ class PresenceDialoginfoSection(_Section):
 class PresenceReginfoSection(_Section):
     NAME: ClassVar[str] = "presence_reginfo"
     TITLE: ClassVar[str] = "Kamailio module presence_reginfo: reg event."
-    default_expires: int = _int(3600, "Expiry for PUBLISH/SUBSCRIBE without Expires.", min=1)
+    default_expires: int = _int(3761, "Expiry for PUBLISH/SUBSCRIBE without Expires; RFC 3680 "
+                                      "§4.4's 3761 (Kamailio's default is 3600).", min=1)
     aggregate_presentities: int = _bool(0, "1: merge all reg publications of an AoR into one "
                                            "reginfo document.", since="5.7")
 
@@ -1069,9 +1070,10 @@ def _cross_check(cfg: Config) -> None:
                  f"Expires <= 0")
     for sec in ("presence_xml", "presence_mwi", "presence_dialoginfo", "presence_reginfo"):
         key = f"{sec}.default_expires"
-        if cfg.get(key) > pr.max_expires:
-            w.append(f"{_ref(cfg, key)} exceeds {_ref(cfg, 'presence.max_expires')}; "
-                     f"it will be capped")
+        # reg's own default (RFC 3680's 3761) above the default max is expected
+        if cfg.get(key) > pr.max_expires and cfg.get(key) != SCHEMA[sec]["default_expires"].default:
+            w.append(f"{_ref(cfg, key)} exceeds {_ref(cfg, 'presence.max_expires')}: requests "
+                     f"without Expires get {cfg.get(key)} s, longer than a watcher may ask for")
     if cfg.http.listen and not cfg.http.token:
         w.append(f"{_ref(cfg, 'http.listen')} is enabled without http.token: the HTTP API "
                  f"accepts unauthenticated requests")

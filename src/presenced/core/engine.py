@@ -229,8 +229,11 @@ class PresenceEngine:
         return key.lower() if self.sip_uri_match else key
 
     def _clamp_expires(self, requested: int | None, default: int) -> int:
-        exp = default if requested is None else requested
-        return min(exp, self.max_expires)
+        # max_expires bounds what a client asks for; a request that asks
+        # nothing gets its package's default as is (reg's is RFC 3680's 3761)
+        if requested is None:
+            return default
+        return min(requested, self.max_expires)
 
     def allow_events(self) -> str:
         return self.registry.allow_events()

@@ -1,0 +1,37 @@
+"""What a SUBSCRIBE without Expires gets, per event package."""
+
+from __future__ import annotations
+
+import pytest
+from core_support import Harness, state
+
+
+def _subscribe_without_expires(h: Harness, event: str):
+    data = h.build("SUBSCRIBE", "sip:alice@example.com",
+                   [("Event", event), ("Contact", "<sip:w@127.0.0.1:40001>")], from_uri="sip:bob@example.com", port=40001)
+    r = h.send(data, 40001)
+    assert r is not None
+    return r
+
+
+@pytest.mark.parametrize("event, expires", [("reg", 3761), ("dialog", 3600), ("message-summary", 3600),
+                                            ("presence", 3600)])
+def test_default_duration_is_the_packages_own(event, expires):
+    h = Harness.make(**{"presence_xml.force_active": 1})
+    r = _subscribe_without_expires(h, event)
+    assert r.status in (200, 202)
+    assert r.get("expires") == str(expires)
+    (n,) = h.notifies
+    assert state(n) == "active" and f"expires={expires}" in n.get("subscription-state")
+
+
+def test_reg_default_duration_follows_the_kamailio_parameter():
+    h = Harness.make(**{"presence_reginfo.default_expires": 600})
+    r = _subscribe_without_expires(h, "reg")
+    assert r.get("expires") == "600"
+
+
+def test_max_expires_still_caps_what_a_watcher_asks_for():
+    h = Harness.make()
+    r, _ = h.subscribe("sip:alice@example.com", "sip:bob@example.com", event="reg", expires=7200)
+    assert r.get("expires") == "3600"
