@@ -419,3 +419,40 @@ def test_tcp_notify_reuses_subscriber_connection(server, phones, presentity):
     assert n.top_via.transport.upper() == "TCP"
     _publish(server, presentity, pidf(presentity, "tcp"))
     assert tuple_ids(w.expect_notify(d).body) == ["tcp"]
+
+
+def test_a_subscribe_sent_again_is_answered_again_not_run_twice(server, phones, presentity, transport):
+    """The same SUBSCRIBE bytes twice (same branch): one dialog, the same
+    answer, one NOTIFY per change afterwards; over TCP as over UDP."""
+    w = phones(server, transport)
+    data, branch = w.build("SUBSCRIBE", presentity, [("Event", "presence"), ("Contact", w.contact), ("Expires", "600")])
+    w.send_raw(data)
+    first = w.wait_response(branch)
+    w.expect_notify()
+    time.sleep(0.2)
+    w.send_raw(data)
+    second = w.wait_response(branch)
+    assert second.status == first.status == 200
+    assert second.to.tag == first.to.tag
+    assert w.no_message(0.5, want=lambda m: isinstance(m, Request) and m.method == "NOTIFY")
+    _publish(server, presentity, pidf(presentity))
+    w.expect_notify()
+    assert w.no_message(0.5, want=lambda m: isinstance(m, Request) and m.method == "NOTIFY")
+
+
+def test_a_publish_sent_again_is_answered_again_not_run_twice(server, phones, presentity, transport):
+    p = phones(server, transport)
+    body = pidf(presentity)
+    data, branch = p.build("PUBLISH", presentity, [("Event", "presence"), ("Expires", "60"),
+                                                    ("Content-Type", "application/pidf+xml")], body)
+    p.send_raw(data)
+    first = p.wait_response(branch)
+    p.send_raw(data)
+    second = p.wait_response(branch)
+    assert second.status == first.status == 200
+    assert second.get("sip-etag") == first.get("sip-etag")
+    # one publication: removing it leaves the presentity closed for a new watcher
+    assert p.publish(presentity, expires=0, etag=first.get("sip-etag")).status == 200
+    w = phones(server, transport)
+    w.subscribe(presentity)
+    assert "<basic>open</basic>" not in w.expect_notify().body.decode()

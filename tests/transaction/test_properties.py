@@ -152,7 +152,7 @@ def test_server_answers_retransmissions_by_state(transport, acts):
                 assert out == [(body, dest, None)]
                 if kind == "final":
                     final, n_final = body, n_final + 1
-                    expires = h.now + 64 * 0.5 if transport == "udp" else h.now
+                    expires = h.now + 64 * 0.5  # Timer J on streams too (a resent request is not re-run)
                 else:
                     provisional = body
             else:

@@ -127,21 +127,29 @@ def test_timer_j_uses_configured_t1():
     assert isinstance(h.layer.receive_request(request(), UDP_PEER), ServerTransaction)
 
 
-def test_tcp_timer_j_is_zero(h):
+def test_a_request_sent_again_over_tcp_is_answered_not_run_again(h):
+    """RFC 3261 allows Timer J = 0 on streams; presenced keeps the answer for
+    64*T1 anyway, so the same request resent (here on a new connection) gets
+    the stored response instead of a second dialog or publication."""
     st = new_tx(h, TCP_PEER, transport="TCP")
     h.layer.respond(st, OK, TCP_PEER, h.now)
     assert h.take() == [(OK, TCP_PEER, None)]
-    assert h.layer.server == {}
-    assert h.timers.next_deadline() is None
+    other_conn = Address("tcp", TCP_PEER.host, 40001, conn=object())
+    h.advance(31)
+    assert h.layer.receive_request(request(transport="TCP"), other_conn) is None
+    assert h.take() == [(OK, other_conn, None)]
+    h.advance(1.5)
     again = h.layer.receive_request(request(transport="TCP"), TCP_PEER)
     assert isinstance(again, ServerTransaction) and again is not st
 
 
 @pytest.mark.parametrize("transport", ["tcp", "tls", "ws", "wss", "sctp"])
-def test_reliable_transports_have_no_linger(h, transport):
+def test_reliable_transports_linger_for_timer_j(h, transport):
     src = Address(transport, "192.0.2.10", 5061, conn=object())
     st = new_tx(h, src)
     h.layer.respond(st, OK, src, h.now)
+    assert st.key in h.layer.server
+    h.advance(64 * 0.5 + 0.1)
     assert st.key not in h.layer.server
 
 

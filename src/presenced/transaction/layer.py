@@ -3,8 +3,8 @@
 Server side: a retransmitted request is matched to its transaction and gets
 the identical final response (the latest provisional while Proceeding,
 nothing while the TU is still working); further responses from the TU after
-the final one are discarded; the transaction lingers for Timer J (64*T1 on
-UDP, 0 on reliable transports). At 3,000 requests/s about 96,000 transactions
+the final one are discarded; the transaction lingers for Timer J (64*T1,
+on reliable transports too, where RFC 3261 allows 0). At 3,000 requests/s about 96,000 transactions
 linger at any time, so a completed one is replaced by a `Completed` tuple
 that holds only what answering a retransmission needs: its key, where the
 final response lies in a `ResponseLog` and where it went; no object the
@@ -291,11 +291,11 @@ class TransactionLayer:
             st.provisional = (data, dest)
             return
         st.last_response = (data, dest)
-        t = st.source.transport
-        linger = 64 * self.t1 if t == "udp" or t == "UDP" else 0.0
-        if linger <= 0:
-            self.server.pop(st.key, None)
-            return
+        # Timer J. RFC 3261 lets a reliable transport forget at once (J = 0),
+        # but a client that sends the same request again on a stream (a new
+        # connection after a broken one, a proxy's copy) must not see it
+        # handled twice: a second SUBSCRIBE dialog, a second publication.
+        linger = 64 * self.t1
         logged = self._responses.put(data)
         done: tuple
         own_socket = dest.conn is not None
