@@ -343,6 +343,7 @@ class Metrics:
                 "connections": len(tcp.all) if tcp is not None else 0,
                 "refused": getattr(tcp, "refused", 0),
                 "framing_errors": getattr(tcp, "framing_errors", 0),
+                "stalled_closed": getattr(tcp, "stalled", 0),
             },
             "storage": storage,
         }
@@ -431,6 +432,9 @@ class Metrics:
         e.sample("presenced_tcp_refused_total", getattr(tcp, "refused", 0))
         e.family("presenced_tcp_framing_errors_total", "counter", "TCP connections closed on a framing error.")
         e.sample("presenced_tcp_framing_errors_total", getattr(tcp, "framing_errors", 0))
+        e.family("presenced_tcp_stalled_closed_total", "counter",
+                 "Stream connections dropped because the peer left 1 MiB of our messages unread.")
+        e.sample("presenced_tcp_stalled_closed_total", getattr(tcp, "stalled", 0))
 
         # --- storage
         p = getattr(server, "persistence", None)

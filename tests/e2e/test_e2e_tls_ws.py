@@ -296,6 +296,16 @@ def test_handshake_without_sip_subprotocol_is_refused(srv, protocols):
         assert ev.status_code == 400
 
 
+@pytest.mark.parametrize("protocols", [("SIP",), ("Sip",), ("foo", "SIP")])
+def test_handshake_offering_sip_in_any_case_is_accepted_with_the_offered_token(srv, protocols):
+    """Tokens compare case-insensitively; the answer must name the token as
+    offered (a client, wsproto included, refuses any other)."""
+    with socket.create_connection((HOST, srv.ports["ws"]), timeout=3) as s:
+        _, ev = ws_handshake(s, protocols=protocols)
+        assert isinstance(ev, AcceptConnection), ev
+        assert ev.subprotocol == protocols[-1]
+
+
 def test_handshake_wrong_path_or_origin_is_refused(srv):
     with socket.create_connection((HOST, srv.ports["ws"]), timeout=3) as s:
         _, ev = ws_handshake(s, path="/other")

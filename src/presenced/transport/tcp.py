@@ -26,6 +26,15 @@ log = logging.getLogger("presenced.transport.tcp")
 OnMessage = Callable[[bytes, Address, tuple[str, int]], None]
 
 TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds a peer may take to finish the TLS handshake
+# Bytes queued for a peer that does not read them before the connection is
+# dropped: reading from it stops at asyncio's high-water mark (64 KiB), but
+# NOTIFYs other requests trigger still queue for it.
+MAX_UNSENT = 1 << 20
+# Bytes of requests taken from one connection per loop pass. The answers are
+# written once the pass is over, and libuv reads a socket up to 32 times per
+# pass: without a cap one pass could take megabytes of requests from a peer
+# whose answers then have nowhere to go.
+PASS_INTAKE = 256 << 10
 
 
 class TcpConnection(asyncio.Protocol):
@@ -42,6 +51,8 @@ class TcpConnection(asyncio.Protocol):
         self.outbound = outbound
         self.closed = False
         self.address: Address | None = None
+        self._intake = 0  # bytes read in this loop pass
+        self._writes_blocked = False  # between asyncio's pause_writing and resume_writing
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -61,6 +72,7 @@ class TcpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
+        self._count_intake(len(data))
         try:
             items = self.framer.feed(data)
         except SipParseError as e:
@@ -79,11 +91,55 @@ class TcpConnection(asyncio.Protocol):
             self.on_message(item, self.address, self.local)
 
     def write(self, data: bytes) -> bool:
-        if self.closed or self.transport is None or self.transport.is_closing():
+        t = self.transport
+        if self.closed or t is None or t.is_closing():
             return False
         self.last_activity = time.monotonic()
-        self.transport.write(data)
+        t.write(data)
+        if t.get_write_buffer_size() > MAX_UNSENT:
+            self._drop_stalled(t)
         return True
+
+    def _drop_stalled(self, t: asyncio.Transport) -> None:
+        log.warning("closing %s connection to %s:%s: %d bytes unread by the peer", self.name.upper(),
+                    self.peer[0], self.peer[1], t.get_write_buffer_size())
+        self.registry.stalled += 1
+        t.abort()
+
+    # Back-pressure. A peer that sends requests but does not read the answers:
+    # stop reading its requests while our answers to it back up (asyncio calls
+    # pause_writing/resume_writing at its high- and low-water marks) instead of
+    # queueing answers without end; and take at most PASS_INTAKE per pass.
+    def _count_intake(self, n: int) -> None:
+        if not self._intake:
+            asyncio.get_running_loop().call_soon(self._pass_over)
+        self._intake += n
+        if self._intake > PASS_INTAKE:
+            self._pause_reading()
+
+    def pause_writing(self) -> None:
+        self._writes_blocked = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writes_blocked = False
+        if not self._intake:
+            self._resume_reading()
+
+    def _pass_over(self) -> None:
+        self._intake = 0
+        if not self._writes_blocked:
+            self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing() and t.is_reading():
+            t.pause_reading()
+
+    def _resume_reading(self) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing() and not t.is_reading():
+            t.resume_reading()
 
     @property
     def is_open(self) -> bool:
@@ -105,6 +161,7 @@ class TcpRegistry:
         self.on_message = on_message
         self.on_error: Callable[[bytes, SipParseError, Address], None] | None = None
         self.on_close: Callable[[TcpConnection], None] | None = None  # several workers: tell the others
+        self.stalled = 0  # connections dropped with MAX_UNSENT bytes unread
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.by_peer: dict[tuple[str, str, int], TcpConnection] = {}  # (transport, host, port)

@@ -29,7 +29,7 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from presenced.sip.message import MAX_BODY_BYTES, MAX_HEADER_BYTES
-from presenced.transport.tcp import OnMessage, TcpConnection, TcpRegistry
+from presenced.transport.tcp import MAX_UNSENT, OnMessage, TcpConnection, TcpRegistry
 
 log = logging.getLogger("presenced.transport.ws")
 
@@ -57,6 +57,7 @@ class WsConnection(TcpConnection):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
+        self._count_intake(len(data))
         try:
             self.ws.receive_data(data)
             for event in self.ws.events():
@@ -101,7 +102,10 @@ class WsConnection(TcpConnection):
             # nothing we could speak, so refuse the upgrade.
             self._reject(400, 'missing WebSocket subprotocol "sip" (Sec-WebSocket-Protocol: sip)')
         else:
-            self._out(AcceptConnection(subprotocol=SUBPROTOCOL))
+            # Echo the client's own spelling: tokens compare case-insensitively
+            # here, but wsproto (and browsers) accept only an offered token.
+            offered = next(p.strip() for p in req.subprotocols if p.strip().lower() == SUBPROTOCOL)
+            self._out(AcceptConnection(subprotocol=offered))
             return
         self.close(graceful=False)
 
@@ -151,6 +155,9 @@ class WsConnection(TcpConnection):
         except UnicodeDecodeError:
             msg = BytesMessage(data=data)  # RFC 7118 §5.1 allows binary frames
         self._out(msg)
+        t = self.transport
+        if t is not None and t.get_write_buffer_size() > MAX_UNSENT:
+            self._drop_stalled(t)
         return True
 
     def close(self, graceful: bool = True) -> None:
