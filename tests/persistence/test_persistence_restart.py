@@ -182,6 +182,36 @@ def test_write_back_after_kill9_skips_past_lost_cseqs(database, servers, uas):
     assert w.expect_notify(dlg).cseq.seq >= cseq + 100
 
 
+def test_write_back_kill9_after_many_notifies_never_reuses_a_cseq(database, servers, uas):
+    """A dialog that sent more NOTIFYs since its row was written than a restart
+    skips: its row is written early (every journal.HURRY_AFTER NOTIFYs), so
+    after a crash the CSeqs still go up. Before, a watcher that had seen
+    CSeq 151 got 102 again after the restart; with the default period of
+    100 s the row of a new dialog was not written at all (481)."""
+    srv = servers.start("--set", "presence.subs_db_mode=2", "--set", "presence.db_update_period=100", *COMMON,
+                        db=database)
+    pres = aor(uid("ivan"))
+    w = uas(srv.port, "judy")
+    pub = uas(srv.port, "ivan")
+    r, dlg = w.subscribe(pres, "presence", expires=600)
+    assert r.status == 200, r
+    w.expect_notify(dlg)
+    etag = None
+    for i in range(150):
+        r = pub.publish(pres, pidf(pres, f"n{i}"), etag=etag, expires=600)
+        assert r.status == 200, r
+        etag = r.get("SIP-ETag")
+    last = max(n.cseq.seq for n in w.notifies(dlg, window=1.0))
+    assert last >= 150
+    time.sleep(0.5)  # the early write of the last HURRY_AFTER batch
+    srv.kill9()
+
+    servers.restart(srv)
+    r, _ = w.subscribe(pres, "presence", expires=600, dialog=dlg)
+    assert r.status == 200, r
+    assert w.expect_notify(dlg).cseq.seq > last
+
+
 def test_memory_only_modes_keep_nothing(tmp_path, servers, uas):
     """publ_cache=2 + subs_db_mode=0 (documented memory-only): a restart starts empty."""
     from persist_support import Database

@@ -846,7 +846,7 @@ class PresenceEngine:
     def _send(self, sub: Subscription, pkg: EventPackage, state: str, body: bytes, now: float) -> None:
         sub.local_cseq += 1
         if self.journal is not None and self.subs_by_dialog.get(sub.key) is sub:
-            self.journal.sub_saved(sub)
+            self.journal.sub_notified(sub)
         target_uri = sub.remote_target
         routes = sub.route_set
         if routes and ";lr" not in routes[0].lower():

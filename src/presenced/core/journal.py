@@ -11,14 +11,26 @@ from __future__ import annotations
 from presenced.core.state import Publication, Subscription
 
 
+#: NOTIFYs a dialog may send past its stored CSeq before the journal asks
+#: for an early write. A restart after a crash in write-back mode skips
+#: CSEQ_SKIP_AFTER_CRASH (runtime/persistence.py), so NOTIFYs never reuse a
+#: CSeq or body version as long as the early write lands within the next
+#: (CSEQ_SKIP_AFTER_CRASH - HURRY_AFTER) NOTIFYs of that dialog.
+HURRY_AFTER = 50
+
+
 class Journal:
-    __slots__ = ("pubs", "pub_deletes", "subs", "auth")
+    __slots__ = ("pubs", "pub_deletes", "subs", "auth", "first_cseq", "hurry")
 
     def __init__(self) -> None:
         self.pubs: dict[str, Publication] = {}                      # etag -> live publication
         self.pub_deletes: dict[str, tuple[str, str]] = {}           # etag -> (pres_uri, event)
         self.subs: dict[tuple, tuple[Subscription, bool]] = {}      # dialog key -> (sub, alive)
         self.auth: dict[tuple[str, str, str], tuple[str, str | None] | None] = {}
+        # dialog key -> its CSeq when it first changed since the last write
+        self.first_cseq: dict[tuple, int] = {}
+        # some dialog sent HURRY_AFTER NOTIFYs unwritten: write-back should write now
+        self.hurry = False
 
     def __bool__(self) -> bool:
         return bool(self.pubs or self.pub_deletes or self.subs or self.auth)
@@ -32,7 +44,20 @@ class Journal:
         self.pub_deletes[etag] = (pres_uri, event)
 
     def sub_saved(self, sub: Subscription) -> None:
-        self.subs[sub.key] = (sub, True)
+        key = sub.key
+        if key not in self.subs:
+            self.first_cseq[key] = sub.local_cseq
+        self.subs[key] = (sub, True)
+
+    def sub_notified(self, sub: Subscription) -> None:
+        """A NOTIFY took the dialog's next CSeq."""
+        key = sub.key
+        first = self.first_cseq.get(key) if key in self.subs else None
+        if first is None:
+            self.first_cseq[key] = sub.local_cseq
+        elif sub.local_cseq - first >= HURRY_AFTER:
+            self.hurry = True
+        self.subs[key] = (sub, True)
 
     def sub_deleted(self, sub: Subscription) -> None:
         self.subs[sub.key] = (sub, False)
@@ -47,6 +72,8 @@ class Journal:
         out.pub_deletes, self.pub_deletes = self.pub_deletes, {}
         out.subs, self.subs = self.subs, {}
         out.auth, self.auth = self.auth, {}
+        out.first_cseq, self.first_cseq = self.first_cseq, {}
+        self.hurry = False
         return out
 
     def take_publications(self) -> "Journal":

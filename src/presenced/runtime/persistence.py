@@ -223,8 +223,12 @@ def _subscription_from_row(engine: PresenceEngine, r: ActiveWatcherRow, ext: Sub
 
 WRITE_TIMEOUT = 3.0      # seconds a transaction may take before it counts as failed (retried later)
 CLEAN_TIMEOUT = 30.0     # the expired-rows sweep
-RETRY_MAX = 30.0
-CLEAN_STOP = "writeback-clean-stop"  # marker: "1" after a stop that flushed everything         # longest back-off between retries while the database is unreachable
+RETRY_MAX = 30.0         # longest back-off between retries while the database is unreachable
+CLEAN_STOP = "writeback-clean-stop"  # marker: "1" after a stop that flushed everything
+# Write-back, after a crash: NOTIFY CSeqs and body versions restart this far
+# past the stored ones (a dialog's row is written early once it is
+# core.journal.HURRY_AFTER NOTIFYs ahead, so this covers what a crash loses).
+CSEQ_SKIP_AFTER_CRASH = 100
 
 
 def _forget(task: asyncio.Future) -> None:
@@ -279,6 +283,8 @@ class Persistence:
         self.consecutive_failures = 0   # since the last success (drives the back-off)
         self.outage_since: float | None = None
         self.commits = 0
+        self.early_writes = 0  # write-back flushes a busy dialog asked for (write_early)
+        self._early: asyncio.Task | None = None
         self._stopping = False
         # Several workers (runtime/workers.py): each restores the presentities it
         # owns, keeps its own clean-stop marker, and one of them deletes expired rows.
@@ -313,7 +319,7 @@ class Persistence:
         # A clean stop flushed everything and says so; then nothing is skipped.
         bump = 0
         if self.subs_db_mode == 2:
-            bump = 0 if await self.store.get_marker(self.marker) == "1" else 100
+            bump = 0 if await self.store.get_marker(self.marker) == "1" else CSEQ_SKIP_AFTER_CRASH
             await self.store.set_marker(self.marker, "0")
         if self.persist_subscriptions:
             async for page in self.store.page_active_watchers(wall_now, self.fetch_rows):
@@ -510,6 +516,24 @@ class Persistence:
             j.subs.setdefault(sk, sv)
         for ak, av in taken.auth.items():
             j.auth.setdefault(ak, av)
+        for fk, fv in taken.first_cseq.items():
+            if fv < j.first_cseq.get(fk, fv + 1):
+                j.first_cseq[fk] = fv
+
+    def write_early(self) -> None:
+        """Write-back: a dialog sent journal.HURRY_AFTER NOTIFYs since its row
+        was written; write now rather than at the end of the period, so a crash
+        cannot cost it more CSeqs than a restart skips."""
+        if self.subs_db_mode != 2 or not self.healthy or self._early is not None:
+            return
+        self._early = asyncio.get_running_loop().create_task(self._write_early())
+
+    async def _write_early(self) -> None:
+        try:
+            await self.flush()
+            self.early_writes += 1
+        finally:
+            self._early = None
 
     async def _periodic_flush(self) -> None:
         while True:

@@ -580,6 +580,8 @@ class Server:
     def _flush(self) -> None:
         self._send_outbox()
         engine = self.core.engine
+        if engine.journal is not None and engine.journal.hurry and self.persistence is not None:
+            self.persistence.write_early()
         if engine._fanout and not self._draining:
             assert self.loop is not None
             p = self.persistence
