@@ -126,13 +126,21 @@ def build_batch(j: Journal, wall: float) -> Batch:
 
 # ---------------------------------------------------------------- from rows
 def restore_publications(engine: PresenceEngine, rows: list[PresentityRow], now: float,
-                         owns: Callable[[str], bool] | None = None) -> int:
+                         owns: Callable[[str], bool] | None = None,
+                         expired: set[tuple[str, str]] | None = None) -> int:
     """Load stored rows into the engine (no NOTIFYs, nothing journaled); returns how many were live.
-    `owns` (several workers): only presentities this worker owns."""
+    `owns` (several workers): only presentities this worker owns. `expired`
+    collects (presentity, event) of rows whose publication expired meanwhile."""
     n = 0
     for r in rows:
         pub = publication_from_row(engine, r, now)
-        if pub is not None and (owns is None or owns(pub.pres_uri)):
+        if pub is None:
+            if expired is not None and r.expires > 0:
+                pkg = engine.registry.get(r.event)
+                aor = join_aor(r.username, r.domain)
+                if pkg is not None and (owns is None or owns(aor)):
+                    expired.add((aor, pkg.key))
+        elif owns is None or owns(pub.pres_uri):
             engine.adopt_publication(pub)
             n += 1
     return n
@@ -284,6 +292,9 @@ class Persistence:
         self.outage_since: float | None = None
         self.commits = 0
         self.early_writes = 0  # write-back flushes a busy dialog asked for (write_early)
+        # (presentity, event) whose stored publications expired while the server
+        # was down: their restored watchers get a NOTIFY once SIP is up
+        self.expired_while_down: set[tuple[str, str]] = set()
         self._early: asyncio.Task | None = None
         self._stopping = False
         # Several workers (runtime/workers.py): each restores the presentities it
@@ -312,8 +323,10 @@ class Persistence:
         restore_watchers(self.engine, watchers)
         n_pub = n_sub = 0
         if self.persist_publications:
-            async for page in self.store.page_presentities(wall_now, self.fetch_rows):
-                n_pub += restore_publications(self.engine, page, now, owns)
+            # From 0, not from now: rows that expired while the server was down
+            # name the watchers whose last NOTIFY still shows them.
+            async for page in self.store.page_presentities(0, self.fetch_rows):
+                n_pub += restore_publications(self.engine, page, now, owns, self.expired_while_down)
         # After a crash in write-back mode up to one db_update_period of CSeq and
         # version updates may be missing: jump past them so they keep increasing.
         # A clean stop flushed everything and says so; then nothing is skipped.
@@ -519,6 +532,15 @@ class Persistence:
         for fk, fv in taken.first_cseq.items():
             if fv < j.first_cseq.get(fk, fv + 1):
                 j.first_cseq[fk] = fv
+
+    def notify_expired_while_down(self, now: float) -> int:
+        """NOTIFY the watchers of presentities whose publications expired while
+        the server was down (at run time each publication's own timer does it).
+        Returns how many presentities had some."""
+        keys, self.expired_while_down = self.expired_while_down, set()
+        for pres, event in keys:
+            self.engine.state_changed(pres, event, now)
+        return len(keys)
 
     def write_early(self) -> None:
         """Write-back: a dialog sent journal.HURRY_AFTER NOTIFYs since its row

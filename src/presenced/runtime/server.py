@@ -139,6 +139,10 @@ class Server:
             # finds /health and /RPC up too.
             await self.http.start()
         await self._open_listeners()
+        if self.persistence is not None and self.persistence.expired_while_down:
+            n = self.persistence.notify_expired_while_down(self.loop.time())
+            log.info("publications of %d presentities expired while the server was down: watchers notified", n)
+            self._flush()
         self._housekeeping = self.loop.create_task(self._housekeeping_loop())
         clean_period = int(getattr(getattr(self.cfg, "presence", None), "clean_period", 100))
         if clean_period > 0:
