@@ -50,6 +50,17 @@ async def test_ensure_schema_idempotent_with_versions(store, make_store):
     assert await store.load_presentities(NOW) == [pres()]
 
 
+async def test_a_restart_on_an_existing_schema_logs_no_warning(store, make_store, caplog):
+    """MySQL answered CREATE TABLE IF NOT EXISTS with a note, which asyncmy
+    logged as "Table ... already exists" on every start."""
+    import logging
+
+    again = await make_store()
+    with caplog.at_level(logging.WARNING):
+        await again.ensure_schema()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 async def test_concurrent_ensure_schema(make_store):
     """Several processes starting at once on an empty database."""
     stores = [await make_store() for _ in range(4)]

@@ -206,7 +206,9 @@ class SqlStore(Store):
                 await self._set_version(name, table.version)
                 await self._run([(s, (), False) for s in q.create(table)])
         ext = schema.EXT
-        await self._run([(s, (), False) for s in q.create(ext)])
+        if not await self._table_exists(self.names["ext"]):
+            # (not IF NOT EXISTS alone: MySQL answers that with a note asyncmy logs as a warning)
+            await self._run([(s, (), False) for s in q.create(ext)])
         try:
             await self._fetch(q.probe(ext))
         except self._driver_errors as exc:
