@@ -51,6 +51,10 @@ def _credentials(row: Any) -> Any:
                        ha1b=row.ha1b or None)
 
 
+
+# Headers a response to an unparsable request copies (long and compact names).
+_ANSWER_COPIES = frozenset((b"via", b"v", b"from", b"f", b"to", b"t", b"call-id", b"i", b"cseq"))
+
 class SipCore:
     def __init__(self, cfg: Any = None, registry: EventRegistry | None = None) -> None:
         self.cfg = cfg
@@ -278,21 +282,27 @@ class SipCore:
             # Parse headers leniently to find Via/From/To/Call-ID/CSeq.
             head = data.split(b"\r\n\r\n", 1)[0]
             first, _, rest = head.partition(b"\r\n")
-            # Drop the message's own Content-Length (it may be the very error,
-            # e.g. larger than the datagram, RFC 3261 §18.3) before re-parsing.
-            rest = b"\r\n".join(
-                line for line in rest.split(b"\r\n")
-                if line.split(b":", 1)[0].strip().lower() not in (b"content-length", b"l")
-            )
+            # Keep only what the answer copies: not the message's own
+            # Content-Length (it may be the very error, e.g. larger than the
+            # datagram, RFC 3261 §18.3), nor the bulk of a too-large header block.
+            kept: list[bytes] = []
+            keep = False
+            for line in rest.split(b"\r\n"):
+                if line[:1] not in (b" ", b"\t"):  # not a folded continuation
+                    keep = line.split(b":", 1)[0].strip().lower() in _ANSWER_COPIES
+                if keep:
+                    kept.append(line)
+            rest = b"\r\n".join(kept)
             lenient = parse_message(b"OPTIONS sip:x SIP/2.0\r\n" + rest + b"\r\nContent-Length: 0\r\n\r\n")
             assert isinstance(lenient, Request)
-            lenient.top_via  # noqa: B018
-            lenient.call_id  # noqa: B018
-            lenient.cseq  # noqa: B018
+            if not source.reliable:
+                lenient.top_via  # noqa: B018  (where a UDP answer goes)
+            elif lenient.get("via") is None:
+                raise SipParseError("no Via to copy")  # nothing could match the answer
         except Exception:
             self.stats["dropped"] += 1
             return
-        if lenient.cseq.method == "ACK":
+        if first.split(b" ", 1)[0] == b"ACK" or (lenient.get("cseq") or "").rstrip().upper().endswith("ACK"):
             self.stats["dropped"] += 1
             return
         data_out = build_response(lenient, err.status, err.reason, [SERVER_HEADER], to_tag=new_tag())
@@ -300,13 +310,18 @@ class SipCore:
         self.tx.outbox.append((data_out, self._response_dest(lenient, source), None))
 
     def _answer_malformed(self, req: Request, err: SipParseError, source: Address) -> None:
+        """400 & co. whenever the answer can reach the sender, even without a
+        Call-ID or a valid CSeq (copied as they are, or left out): over a
+        stream it goes back on the connection (a Via, even a malformed one, is
+        copied so the sender can match it); over UDP the top Via must say where."""
         if req.method == "ACK":
             self.stats["dropped"] += 1
             return
         try:
-            req.top_via  # noqa: B018
-            req.call_id  # noqa: B018
-            req.cseq  # noqa: B018
+            if not source.reliable:
+                req.top_via  # noqa: B018
+            elif req.get("via") is None:
+                raise SipParseError("no Via to copy")  # nothing could match the answer
         except SipParseError:
             self.stats["dropped"] += 1
             return

@@ -594,7 +594,8 @@ def check_request(req: Request) -> None:
         raise SipParseError("CSeq method does not match the request method")
     req.from_.uri  # noqa: B018 - the name-addr and its URI must parse
     req.to.uri  # noqa: B018
-    req.max_forwards  # noqa: B018
+    if req.max_forwards is None:
+        raise SipParseError("missing Max-Forwards")
 
 
 def _response_to(req: Request, value: str, status: int, to_tag: str | None) -> str:
