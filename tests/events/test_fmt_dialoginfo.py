@@ -222,3 +222,24 @@ def test_sla_empty_document():
     validate_dialoginfo(out)
     root = parse_xml(out)
     assert (root.get("version"), root.get("state"), root.get("entity"), len(root)) == ("1", "full", ENTITY, 0)
+
+
+# -- a publication's own history (RFC 4235 §3.7.1) ---------------------------
+
+
+def test_keep_terminated_keeps_a_final_state_final():
+    from presenced.events.formats.dialoginfo import keep_terminated
+
+    old = dinfo(dialog("a", "terminated"), dialog("b", "confirmed"))
+    new = dinfo(dialog("a", "early"), dialog("b", "terminated"), dialog("c", "early"))
+    got = compose_dialoginfo("sip:100@pub", [keep_terminated(old, new)])
+    assert dialogs_of(got) == [("a", "terminated"), ("b", "terminated"), ("c", "early")]
+
+
+def test_keep_terminated_leaves_other_documents_as_they_are():
+    from presenced.events.formats.dialoginfo import keep_terminated
+
+    new = dinfo(dialog("a", "early"))
+    assert keep_terminated(dinfo(dialog("a", "confirmed")), new) is new
+    assert keep_terminated(dinfo(dialog("z", "terminated")), new) is new
+    assert keep_terminated(b"<not xml", new) is new

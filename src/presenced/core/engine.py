@@ -352,7 +352,7 @@ class PresenceEngine:
         old.expires_at = now + expires
         self._arm_publication(old)
         if body:
-            old.body = body
+            old.body = pkg.carry_over(old.body, body) if pkg.keeps_history else body
             old.content_type = ctype or old.content_type
             old.received = now
             self._pub_seq += 1

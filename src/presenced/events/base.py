@@ -58,6 +58,7 @@ class EventPackage:
     composes: bool = True
     versioned: bool = False
     template: str | None = None  # e.g. 'winfo' for presence.winfo
+    keeps_history: bool = False  # carry_over is called when a PUBLISH modifies a publication
 
     def __init__(self, **options: Any) -> None:
         self.options = options
@@ -75,6 +76,11 @@ class EventPackage:
 
     def validate(self, body: bytes, content_type: str) -> None:
         """Raise BodyError with a reason when the PUBLISH body is unusable."""
+
+    def carry_over(self, old: bytes, new: bytes) -> bytes:
+        """The body a modifying PUBLISH leaves (with `keeps_history`): what of
+        the replaced body must survive, e.g. a dialog's final state."""
+        return new
 
     def compose(self, entity: str, publications: Sequence[PublicationView]) -> VersionedBody | None:
         """One body for all live publications (newest first). None: no state."""

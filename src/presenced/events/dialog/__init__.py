@@ -16,9 +16,15 @@ class DialogPackage(EventPackage):
     notify_type = DIALOG_INFO
     composes = True
     versioned = True
+    keeps_history = True
 
     def validate(self, body: bytes, content_type: str) -> None:
         dialoginfo.validate_dialoginfo(body)
+
+    def carry_over(self, old: bytes, new: bytes) -> bytes:
+        # RFC 4235 §3.7.1: terminated is final for a dialog id, also when the
+        # publisher's next document says otherwise.
+        return dialoginfo.keep_terminated(old, new)
 
     def compose(self, entity: str, publications: Sequence[PublicationView]) -> VersionedBody | None:
         bodies = [p.body for p in publications if p.body]

@@ -7,6 +7,8 @@ because publications arrived out of order (Kamailio issue #3192).
 
 from __future__ import annotations
 
+import copy
+
 from lxml import etree
 
 from .xml import BodyError, VersionedBody, append_children, new_root, parse_document
@@ -16,6 +18,7 @@ __all__ = [
     "SINGLE_DIALOG_PREFERENCE",
     "compose_dialoginfo",
     "compose_dialoginfo_sla",
+    "keep_terminated",
     "validate_dialoginfo",
 ]
 
@@ -101,6 +104,33 @@ def _new_document(entity: str, roots: list[etree._Element]) -> etree._Element:
     out.set("state", "full")
     out.set("entity", entity)
     return out
+
+
+def keep_terminated(old: bytes, new: bytes) -> bytes:
+    """`new` with every dialog that `old` had as terminated kept terminated.
+
+    A publisher that modifies its publication with an earlier state for a
+    dialog id it already reported terminated (a reused id, a stale document)
+    would otherwise make watchers see a finished call ring again."""
+    if b"terminated" not in old:
+        return new
+    try:
+        old_root, new_root_ = _parse_root(old), _parse_root(new)
+    except BodyError:
+        return new
+    ended = {(d.get("id") or "").strip(): d for d in old_root.iter(_DIALOG) if _dialog_state(d) == "terminated"}
+    ended.pop("", None)
+    changed = False
+    for d in list(new_root_.iter(_DIALOG)):
+        final = ended.get((d.get("id") or "").strip())
+        if final is not None and _dialog_state(d) != "terminated":
+            parent = d.getparent()
+            if parent is not None:
+                parent.replace(d, copy.deepcopy(final))
+                changed = True
+    if not changed:
+        return new
+    return etree.tostring(new_root_, xml_declaration=True, encoding="UTF-8")
 
 
 def compose_dialoginfo(
