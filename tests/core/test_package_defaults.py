@@ -35,3 +35,17 @@ def test_max_expires_still_caps_what_a_watcher_asks_for():
     h = Harness.make()
     r, _ = h.subscribe("sip:alice@example.com", "sip:bob@example.com", event="reg", expires=7200)
     assert r.get("expires") == "3600"
+
+
+@pytest.mark.parametrize("registrar", [0, 1])
+def test_first_reg_notify_is_full_state_even_with_nothing_registered(registrar):
+    """RFC 3680 §4.7: full state; an AoR nobody registered is in state "init"
+    (the NOTIFY used to come with no body at all)."""
+    h = Harness.make(**{"presence_xml.force_active": 1, "registrar.enabled": registrar})
+    r, d = h.subscribe("sip:carol@example.com", "sip:bob@example.com", event="reg")
+    assert r.status == 200
+    (n,) = h.take(d)
+    assert n.get("content-type") == "application/reginfo+xml"
+    body = n.body.decode()
+    assert 'state="full"' in body and 'version="0"' in body
+    assert '<registration aor="sip:carol@example.com"' in body and 'state="init"' in body

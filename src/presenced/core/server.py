@@ -11,7 +11,6 @@ arms one OS timer for `next_deadline()`.
 from __future__ import annotations
 
 import logging
-import zlib
 from typing import Any, Callable
 
 from presenced import __version__
@@ -117,7 +116,7 @@ class SipCore:
 
     def _reginfo_for(self, aor: str, entity: str):
         """RFC 3680 document for the registrar's bindings of `aor`."""
-        from presenced.events.formats.reginfo import ContactEntry, render_reginfo
+        from presenced.events.formats.reginfo import ContactEntry, reginfo_id, render_reginfo
 
         assert self.registrar is not None
         now = self.engine.now
@@ -132,10 +131,10 @@ class SipCore:
             ContactEntry(id=b.id, uri=b.contact, state="terminated", event=ev, callid=b.call_id, cseq=b.cseq)
             for b, ev in self._reg_recent.pop(aor, [])
         ]
-        if not contacts:
-            return None
-        state = "active" if any(c.state == "active" for c in contacts) else "terminated"
-        return render_reginfo(aor, "r%08x" % zlib.crc32(aor.encode()), state, contacts)
+        # RFC 3680: no binding yet is the registration's "init" state (full
+        # state all the same: the first NOTIFY must say so, not come empty)
+        state = ("active" if any(c.state == "active" for c in contacts) else "terminated") if contacts else "init"
+        return render_reginfo(aor, reginfo_id(aor), state, contacts)
 
     @property
     def outbox(self) -> list[tuple[bytes, Address, ClientTransaction | None]]:

@@ -3,6 +3,8 @@ publications (pua_reginfo style) and rendering for the built-in registrar."""
 
 from __future__ import annotations
 
+import zlib
+
 from dataclasses import dataclass
 
 from lxml import etree
@@ -22,6 +24,7 @@ __all__ = [
     "NS_REGINFO",
     "ContactEntry",
     "compose_reginfo",
+    "reginfo_id",
     "render_reginfo",
     "validate_reginfo",
 ]
@@ -160,6 +163,12 @@ def _uint_attr(name: str, value: int | None) -> str:
     if int(value) < 0:
         raise ValueError(f"{name} must be >= 0")
     return f' {name}="{int(value)}"'
+
+
+def reginfo_id(aor: str) -> str:
+    """The `registration` id of an AoR: stable, so a watcher sees one
+    registration go from init to active and back."""
+    return "r%08x" % zlib.crc32(aor.encode())
 
 
 def render_reginfo(aor: str, reg_id: str, reg_state: str, contacts: list[ContactEntry]) -> VersionedBody:

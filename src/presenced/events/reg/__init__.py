@@ -6,6 +6,7 @@ from typing import Sequence
 
 from presenced.events.base import EventPackage, PublicationView, VersionedBody
 from presenced.events.formats import reginfo
+from presenced.events.formats.reginfo import reginfo_id
 
 REGINFO = "application/reginfo+xml"
 
@@ -26,3 +27,8 @@ class RegPackage(EventPackage):
         if not bodies:
             return None
         return reginfo.compose_reginfo(entity, bodies)
+
+    def empty_body(self, entity: str) -> VersionedBody | None:
+        # RFC 3680 §4.7: the first NOTIFY carries full state; with nothing
+        # known about the AoR that is one registration in state "init".
+        return reginfo.render_reginfo(entity, reginfo_id(entity), "init", [])
