@@ -35,6 +35,10 @@ MAX_UNSENT = 1 << 20
 # pass: without a cap one pass could take megabytes of requests from a peer
 # whose answers then have nowhere to go.
 PASS_INTAKE = 256 << 10
+# Seconds a message may take to arrive once its first byte came: a peer that
+# trickles a header block a byte at a time would otherwise hold a connection
+# (and a slot of the global limit) forever, each byte resetting the idle timer.
+PARTIAL_MESSAGE_TIMEOUT = 60.0
 
 
 class TcpConnection(asyncio.Protocol):
@@ -52,6 +56,7 @@ class TcpConnection(asyncio.Protocol):
         self.closed = False
         self.address: Address | None = None
         self._intake = 0  # bytes read in this loop pass
+        self.partial_since: float | None = None  # when the unfinished message's first byte came
         self._writes_blocked = False  # between asyncio's pause_writing and resume_writing
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -83,6 +88,10 @@ class TcpConnection(asyncio.Protocol):
                 self.registry.on_error(bytes(self.framer._buf[:16384]), e, self.address)
             self.close()
             return
+        if not self.framer.buffered:
+            self.partial_since = None
+        elif self.partial_since is None or items:
+            self.partial_since = self.last_activity
         for item in items:
             if item is PING or item == PING:
                 self.write(PONG)
@@ -224,6 +233,11 @@ class TcpRegistry:
         n = 0
         for conn in list(self.all):
             if now - conn.last_activity > self.idle_timeout:
+                conn.close()
+                n += 1
+            elif conn.partial_since is not None and now - conn.partial_since > PARTIAL_MESSAGE_TIMEOUT:
+                log.info("closing %s connection from %s:%s: a message unfinished after %d s", conn.name.upper(),
+                         conn.peer[0], conn.peer[1], PARTIAL_MESSAGE_TIMEOUT)
                 conn.close()
                 n += 1
         return n

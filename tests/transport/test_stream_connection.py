@@ -1,4 +1,4 @@
-"""TcpConnection's back-pressure, driven through a stand-in transport."""
+"""TcpConnection: back-pressure and unfinished messages, through a stand-in transport."""
 
 from __future__ import annotations
 
@@ -84,3 +84,26 @@ async def test_a_connection_with_a_mebibyte_unread_is_dropped():
     conn.write(b"x" * (MAX_UNSENT // 2 + 1))
     assert t.aborted and reg.stalled == 1
     assert not conn.write(b"more")
+
+
+async def test_a_message_trickled_in_for_longer_than_a_minute_is_dropped():
+    from presenced.transport.tcp import PARTIAL_MESSAGE_TIMEOUT
+
+    conn, t, reg = _connection([])
+    conn.data_received(OPTIONS[:40])  # a request begins ...
+    conn.data_received(OPTIONS[40:41])  # ... and one more byte: the idle timer is reset
+    assert reg.sweep_idle() == 0 and not t.aborted
+    conn.partial_since -= PARTIAL_MESSAGE_TIMEOUT + 1
+    assert reg.sweep_idle() == 1 and t.aborted
+
+
+async def test_messages_that_complete_keep_the_connection():
+    from presenced.transport.tcp import PARTIAL_MESSAGE_TIMEOUT
+
+    got: list = []
+    conn, t, reg = _connection(got)
+    conn.data_received(OPTIONS[:40])
+    conn.partial_since -= PARTIAL_MESSAGE_TIMEOUT - 5
+    conn.data_received(OPTIONS[40:] + OPTIONS[:10])  # done, and the next one starts now
+    assert len(got) == 1
+    assert reg.sweep_idle() == 0 and not t.aborted
