@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import string
 
 import pytest
@@ -21,8 +23,17 @@ from presenced.sip import (
 )
 from presenced.sip.headers import normalize_name
 
-FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# The pure-Python rerun (tests/test_build_mode.py) checks the .py sources
+# pass; the compiled run already explored the inputs at full size.
+_PURE = bool(os.environ.get("PRESENCED_PURE_PYTHON"))
+
+
+def _examples(n: int) -> int:
+    return max(10, n // 5) if _PURE else n
+
+FAST = settings(max_examples=_examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=_examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # ---------------------------------------------------------------------------
 # Strategies (character classes from RFC 3261 §25.1)
@@ -183,7 +194,7 @@ def streams(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
     return data, expected
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=_examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(streams(), st.data())
 def test_framer_arbitrary_chunking(stream: tuple[bytes, list[bytes]], data: st.DataObject) -> None:
     raw, expected = stream
@@ -200,7 +211,7 @@ def test_framer_arbitrary_chunking(stream: tuple[bytes, list[bytes]], data: st.D
             assert isinstance(parse_message(item, stream=True), Request)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=_examples(20), deadline=None)
 @given(streams())
 def test_framer_one_byte_at_a_time(stream: tuple[bytes, list[bytes]]) -> None:
     raw, expected = stream
@@ -567,7 +578,7 @@ def test_parsed_uris_are_shared_once_they_repeat():
 _na_text = st.text(alphabet=st.sampled_from(list("<>;=:@\"' \t\x7f\x1cabs1.-_~éx")), max_size=24)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=_examples(600), deadline=None)
 @given(st.one_of(_na_text, _na_text.map(lambda s: "<sip:" + s), _na_text.map(lambda s: "<sip:a@b>;" + s)))
 def test_name_addr_shortcut_accepts_only_what_the_expression_accepts_alike(raw):
     """uri._plain_parts (no regular expression) must give the expression's
