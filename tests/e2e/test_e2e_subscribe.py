@@ -456,3 +456,16 @@ def test_a_publish_sent_again_is_answered_again_not_run_twice(server, phones, pr
     w = phones(server, transport)
     w.subscribe(presentity)
     assert "<basic>open</basic>" not in w.expect_notify().body.decode()
+
+
+def test_a_merged_initial_subscribe_gets_482(server, phones, presentity, transport):
+    """RFC 3261 §8.2.2.2: same Call-ID, From tag and CSeq, another branch."""
+    w = phones(server, transport)
+    call_id = uid("merged")
+    h = [("Event", "presence"), ("Contact", w.contact), ("Expires", "600")]
+    first = w.request("SUBSCRIBE", presentity, h, call_id=call_id, from_tag="mt1")
+    assert first.status == 200
+    w.expect_notify()
+    second = w.request("SUBSCRIBE", presentity, h, call_id=call_id, from_tag="mt1")
+    assert second.status == 482
+    assert w.no_message(0.5, want=lambda m: isinstance(m, Request) and m.method == "NOTIFY")

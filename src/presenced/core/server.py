@@ -11,6 +11,7 @@ arms one OS timer for `next_deadline()`.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import Any, Callable
 
 from presenced import __version__
@@ -50,6 +51,11 @@ def _credentials(row: Any) -> Any:
                        ha1b=row.ha1b or None)
 
 
+
+# Seconds an answered initial SUBSCRIBE is remembered to recognise a merged
+# copy of it (RFC 3261 §8.2.2.2). Copies arrive together; at 5,000 new
+# dialogs/s this is ~40,000 small entries.
+MERGE_WINDOW = 8.0
 
 # Headers a response to an unparsable request copies (long and compact names).
 _ANSWER_COPIES = frozenset((b"via", b"v", b"from", b"f", b"to", b"t", b"call-id", b"i", b"cseq"))
@@ -93,6 +99,10 @@ class SipCore:
         # credentials; the request then waits for `credentials_fetched`.
         self.credentials_miss: Callable[[str, str], bool] | None = None
         self._parked: dict[tuple[str, str], list[tuple[Request, ServerTransaction, RequestContext]]] = {}
+        # Initial SUBSCRIBEs answered 2xx in the last MERGE_WINDOW seconds, by
+        # (Call-ID, From tag, CSeq), oldest first: RFC 3261 §8.2.2.2 merged requests.
+        self._recent_initial: dict[tuple[str, str, int], float] = {}
+        self._recent_order: deque[tuple[float, tuple[str, str, int]]] = deque()
         self._n_parked = 0
         self._resuming = False
         self.digest = None
@@ -216,7 +226,16 @@ class SipCore:
         CALL_ID.set(msg.call_id)
         self.requests_by_method[msg.method] = self.requests_by_method.get(msg.method, 0) + 1
         ctx = RequestContext(source, local[0], local[1])
+        initial: tuple[str, str, int] | None = None
         try:
+            if msg.method == "SUBSCRIBE" and msg.to.tag is None:
+                initial = (msg.call_id, msg.from_.tag or "", msg.cseq.seq)
+                if initial in self._recent_initial:
+                    # The same request by another path (a forking proxy's copy, a
+                    # client's new branch): a second dialog would double every NOTIFY.
+                    self.respond(msg, st, Reply(482, "Loop Detected (merged request)"), now)
+                    CALL_ID.set(None)
+                    return
             self._dispatch(msg, st, ctx, now)
             if self.engine._fanout:
                 self.engine.drain_fanout(now, self.fanout_batch)
@@ -225,8 +244,22 @@ class SipCore:
             self.stats["internal_errors"] += 1
             if st.last_response is None:
                 self.respond(msg, st, Reply(500, "Server Internal Error", [("Retry-After", "5")]), now)
+        if initial is not None and st.last_response is not None and st.last_response[0][8:9] == b"2":
+            self._remember_initial(initial, now)
         # timers, storage and shutdown log without a request's Call-ID
         CALL_ID.set(None)
+
+    def _remember_initial(self, key: tuple[str, str, int], now: float) -> None:
+        """Only answered 2xx: a retry after a 401 that kept its CSeq (as some
+        phones do) is a new request, not a merged one."""
+        recent, queue = self._recent_initial, self._recent_order
+        limit = now - MERGE_WINDOW
+        while queue and queue[0][0] < limit:
+            _, old = queue.popleft()
+            if recent.get(old, now) < limit:
+                del recent[old]
+        recent[key] = now
+        queue.append((now, key))
 
     def _process_received(self, req: Request, source: Address) -> None:
         """RFC 3261 §18.2.1 and RFC 3581: stamp received/rport on the top Via."""
