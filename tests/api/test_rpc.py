@@ -153,6 +153,9 @@ def test_refresh_watchers_type2_from_a_file(live, scene, tmp_path):
     assert live.rpc("presence.refreshWatchers", aor, "presence", 2, str(f), "hard.xml")["publication"] == "removed"
     assert b"changed file" not in bob.expect_notify(d).body
     assert [r["etag"] for r in live.rpc("presence.presentity_show", "basic", scene["alice"], "*")] == [scene["etag"]]
+    # removing it again: nothing had that ETag any more, and nobody is told
+    again = live.rpc("presence.refreshWatchers", aor, "presence", 2, str(f), "hard.xml")
+    assert again == {"publication": "absent", "notified": 0}
 
 
 def test_refresh_watchers_type2_bad_documents(live, scene, tmp_path):

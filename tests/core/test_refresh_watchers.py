@@ -107,3 +107,19 @@ def test_bad_document_event_or_uri(tmp_path):
     with pytest.raises(ValueError, match="invalid presentity URI"):
         api.pres_refresh_watchers("mailto:alice@example.com", "presence", 1)
     assert not h.engine.etags
+
+
+def test_updating_watchers_of_presence_winfo_leaves_the_owner_alone():
+    """The owner's winfo subscription is authorized by ownership; re-running
+    pres-rules on it made the owner pending (no rules) or rejected (rules
+    that list others), cutting them off from their own watcher list."""
+    h = Harness.make(**{"presence_xml.force_active": 0})
+    owner = "sip:hank@example.com"
+    r, d = h.subscribe(owner, owner, event="presence.winfo")
+    assert r.status == 200
+    h.take(d)
+    (sub,) = [s for s in h.engine.subs_by_dialog.values() if s.event == "presence.winfo"]
+    assert sub.status == "active"
+    assert h.engine.pres_update_watchers(owner, "presence.winfo", h.now) == 0
+    assert h.engine.pres_refresh_watchers(owner, "presence.winfo", 0, h.now) == 0
+    assert sub.status == "active" and h.take(d) == []

@@ -345,7 +345,8 @@ class RpcService:
         if type_ == 2:
             stored = await self._hard_state(pres, pkg, file_uri or "", filename or "")
             self._flush()
-            return {"publication": stored, "notified": active_watchers(self.engine, pres, pkg.key)}
+            notified = active_watchers(self.engine, pres, pkg.key) if stored != "absent" else 0
+            return {"publication": stored, "notified": notified}
         n = self.engine.pres_refresh_watchers(pres, pkg.key, 1, self._now())
         self._flush()
         return {"notified": n}
@@ -408,7 +409,7 @@ class RpcService:
             result = self.engine.set_hard_state(pres, pkg.key, filename, doc, self._now())
         except ValueError as e:
             raise RpcError(FAULT, str(e)) from None
-        return "stored" if result == "stored" else "removed"
+        return result  # "stored", "removed", or "absent" (nothing had that ETag)
 
     async def presence_update_watchers(self, uri: str, event: str) -> dict[str, Any]:
         pres = self._presentity(uri)

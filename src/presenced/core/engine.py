@@ -1014,10 +1014,16 @@ class PresenceEngine:
         return (self.presentity_key(uri), pkg_key) in self.subs_by_presentity
 
     def pres_auth_status(self, watcher_uri: str, presentity_uri: str) -> int:
-        """Kamailio's codes: 1 active, 2 pending, 3 terminated, 4 waiting, 5 polite-block."""
+        """Kamailio's codes: 1 active, 2 pending, 3 terminated, 4 waiting, 5
+        polite-block; -1 when either URI does not parse."""
+        try:
+            pres = self.presentity_key(presentity_uri)
+            watcher = parse_uri(watcher_uri).aor()
+        except SipParseError:
+            return -1
         if self.force_active:
             return 1
-        wkey = (self.presentity_key(presentity_uri), "presence", self._watcher_key(watcher_uri))
+        wkey = (pres, "presence", watcher)
         known = self.watchers.get(wkey)
         if known is None:
             return 2
@@ -1037,7 +1043,9 @@ class PresenceEngine:
     def pres_update_watchers(self, uri: str, event: str, now: float) -> int:
         """Re-evaluate watchers of uri/event; NOTIFY the dialogs whose status changed."""
         pkg = self.registry.get(event)
-        if pkg is None:
+        if pkg is None or pkg.template is not None:
+            # presence.winfo: its only watcher is the owner, authorized by
+            # ownership when it subscribed (RFC 3857 §4.6), never by pres-rules
             return 0
         pres = self.presentity_key(uri)
         changed = 0

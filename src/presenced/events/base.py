@@ -97,8 +97,9 @@ class EventPackage:
         return body
 
     def accepts(self, accept: Sequence[str] | None) -> bool:
-        """RFC 6665 §4.2.1.1 / 406: is notify_type acceptable to this watcher?"""
-        if not accept:
+        """RFC 6665 §4.2.1.1 / 406: is notify_type acceptable to this watcher?
+        None: no Accept header (the package's type); empty: nothing is."""
+        if accept is None:
             return True
         t = self.notify_type
         major = t.partition("/")[0] + "/*"

@@ -81,6 +81,9 @@ def is_token(s: str) -> bool:
     return True
 
 
+# an Accept parameter q=0 (0, 0.0, 0.00, 0.000): "not acceptable"
+_Q_ZERO = re.compile(r"(?:^|;)\s*q\s*=\s*0(?:\.0{0,3})?\s*(?:;|$)", re.IGNORECASE)
+
 class Message:
     """Common part of requests and responses."""
 
@@ -309,10 +312,18 @@ class Message:
 
     @property
     def accept(self) -> list[str] | None:
-        """Accepted MIME types (lower-case, params dropped); None when absent."""
+        """Accepted MIME types (lower-case, params dropped); None when absent.
+        A type with q=0 is refused, not accepted; an empty Accept accepts
+        nothing (RFC 3261 §20.1)."""
         if not self.has("accept"):
             return None
-        return [x.split(";")[0].strip().lower() for x in self.get_all("accept")]
+        out: list[str] = []
+        for x in self.get_all("accept"):
+            mime, _, params = x.partition(";")
+            mime = mime.strip().lower()
+            if mime and not (params and _Q_ZERO.search(params)):
+                out.append(mime)
+        return out
 
     def option_tags(self, name: str) -> list[str]:
         return [x.strip().lower() for x in self.get_all(name) if x.strip()]
