@@ -217,6 +217,16 @@ def config_check(file) -> None:
     cfg = _load(file, (), None, (), None)
     for w in cfg.warnings:
         click.echo(f"warning: {w}", err=True)
+    # what `serve` checks before it binds: the TLS files a tls/wss listener needs
+    from presenced.runtime.server import parse_listen
+    from presenced.transport.tls import client_context, server_context
+
+    try:
+        if {parse_listen(a)[0] for a in cfg.listen.addresses} & {"tls", "wss"}:
+            server_context(cfg.tls)
+        client_context(cfg.tls)
+    except ValueError as e:
+        _fail(str(e))
     click.echo(f"{file}: OK")
 
 

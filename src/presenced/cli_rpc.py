@@ -54,6 +54,7 @@ def typed_param(text: str) -> Any:
 def call(url: str, method: str, params: list[Any], token: str | None = None, timeout: float = 10.0) -> Any:
     """POST one JSON-RPC request; returns the result or raises RpcCallError / ConnectError."""
     payload = json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": 1}).encode()
+    _check_url(url)
     req = urllib.request.Request(url, data=payload, method="POST",
                                  headers={"Content-Type": "application/json", "Accept": "application/json"})
     if token:
@@ -84,6 +85,22 @@ def call(url: str, method: str, params: list[Any], token: str | None = None, tim
 
 class ConnectError(Exception):
     pass
+
+
+def _check_url(url: str) -> None:
+    """--url must be an http(s) URL with a host and a valid port: say so, not a traceback."""
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # ValueError when out of range or not a number
+    except ValueError as e:
+        raise ConnectError(f"--url {url!r} is not a valid URL: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConnectError(f"--url {url!r} is not an http:// or https:// URL with a host "
+                           "(e.g. http://127.0.0.1:8080/RPC)")
+    if port == 0:
+        raise ConnectError(f"--url {url!r}: port 0")
 
 
 class RpcCallError(Exception):

@@ -21,6 +21,21 @@ class _CallIdFilter(logging.Filter):
         return True
 
 
+class _DriverOneLiners(logging.Filter):
+    """Database drivers' own reconnect warnings (asyncpg's pool logs a
+    30-line traceback every retry during an outage) become one line each;
+    presenced logs the outage itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.name.startswith(("asyncpg", "asyncmy", "aiosqlite")):
+            err = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(err).__name__}: {err}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {
@@ -53,6 +68,7 @@ class ConsoleFormatter(logging.Formatter):
 def setup_logging(level: str = "info", fmt: str = "console") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_CallIdFilter())
+    handler.addFilter(_DriverOneLiners())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -137,7 +137,10 @@ class Server:
         if self.http is not None:
             # Before SIP: whoever sees SIP answered (a health check, a test)
             # finds /health and /RPC up too.
-            await self.http.start()
+            try:
+                await self.http.start()
+            except OSError as e:
+                raise OSError(e.errno, f"{self.http.host}:{self.http.requested_port} (http.listen): {e.strerror or e}") from None
         await self._open_listeners()
         if self.persistence is not None and self.persistence.expired_while_down:
             n = self.persistence.notify_expired_while_down(self.loop.time())
@@ -165,15 +168,18 @@ class Server:
         bound: dict[int, tuple[str, str, int]] = {}
         for i, (proto, host, port) in sorted(enumerate(self.listen_specs), key=lambda spec: spec[1][0] == "udp"):
             sock = socks[i] if socks is not None else None
-            if proto == "udp":
-                l = await start_udp(host, port, self._on_message, sock)
-                self.udp.append(l)
-                bound[i] = ("udp", host, l.port)
-            else:
-                srv = await self._listen_stream(proto, host, port, sock)
-                listening = getattr(srv, "sockets", None)  # asyncio.Server has them, AbstractServer does not say so
-                real = listening[0].getsockname()[1] if listening else port
-                bound[i] = (proto, host, real)
+            try:
+                if proto == "udp":
+                    l = await start_udp(host, port, self._on_message, sock)
+                    self.udp.append(l)
+                    bound[i] = ("udp", host, l.port)
+                else:
+                    srv = await self._listen_stream(proto, host, port, sock)
+                    listening = getattr(srv, "sockets", None)  # asyncio.Server has them, AbstractServer does not say so
+                    real = listening[0].getsockname()[1] if listening else port
+                    bound[i] = (proto, host, real)
+            except OSError as e:  # name the address: there may be several
+                raise OSError(e.errno, f"{proto}:{host}:{port} (listen.addresses): {e.strerror or e}") from None
         self.bound.extend(bound[i] for i in sorted(bound))
 
     def _setup_secure_transports(self, cfg: Any) -> None:

@@ -48,6 +48,10 @@ def _load_ca(ctx: ssl.SSLContext, ca_list: str) -> None:
         raise TlsConfigError("tls.ca_list", f"{ca_list}: no usable PEM CA certificate ({_reason(e)})") from None
 
 
+def _no_passphrase() -> bytes:
+    raise ValueError("the key is encrypted")
+
+
 def _load_identity(ctx: ssl.SSLContext, certificate: str, private_key: str) -> None:
     _readable("tls.certificate", certificate)
     _readable("tls.private_key", private_key)
@@ -56,7 +60,8 @@ def _load_identity(ctx: ssl.SSLContext, certificate: str, private_key: str) -> N
     except (ssl.SSLError, OSError, ValueError) as e:
         raise TlsConfigError("tls.certificate", f"{certificate}: not a PEM certificate ({_reason(e)})") from None
     try:
-        ctx.load_cert_chain(certificate, private_key)
+        # a callback, so OpenSSL never prompts on the terminal for a passphrase
+        ctx.load_cert_chain(certificate, private_key, password=_no_passphrase)
     except (ssl.SSLError, OSError, ValueError) as e:
         why = _reason(e)
         if "MISMATCH" in why.upper():
