@@ -202,12 +202,19 @@ def test_file_out_of_range(tmp_path):
     assert error(path) == f"{path}:4: presence.subs_db_mode: 7 is out of range 0..3"
 
 
-def test_file_bool_rejects_2_and_strings(tmp_path):
+def test_file_bool_rejects_2_and_other_strings(tmp_path):
     path = write(tmp_path, "[presence_xml]\nforce_active = 2\n")
     assert error(path) == (f"{path}:2: presence_xml.force_active: expected 0 or 1 "
-                           f"(or true/false), got 2")
-    path = write(tmp_path, '[presence_xml]\nforce_active = "yes"\n', "b.toml")
-    assert error(path).endswith('expected 0 or 1 (or true/false), got "yes"')
+                           f"(or true/false, yes/no, on/off), got 2")
+    path = write(tmp_path, '[presence_xml]\nforce_active = "maybe"\n', "b.toml")
+    assert error(path).endswith('expected 0 or 1 (or true/false, yes/no, on/off), got "maybe"')
+
+
+def test_file_bool_takes_the_words_set_takes(tmp_path):
+    """`--set presence_xml.force_active=yes` worked while the same in a file failed."""
+    for word, value in [("yes", 1), ("On", 1), ("no", 0), ("false", 0)]:
+        path = write(tmp_path, f'[presence_xml]\nforce_active = "{word}"\n', f"{word}.toml")
+        assert load_config(path).presence_xml.force_active == value
 
 
 def test_file_int_rejects_bool_and_float(tmp_path):

@@ -711,8 +711,10 @@ def _coerce(p: Param, v: Any, shown: Shown) -> Any:
             v = int(v)
         elif isinstance(v, int) and v in (0, 1):
             pass
+        elif isinstance(v, str) and v.strip().lower() in _TRUE + _FALSE:
+            v = 1 if v.strip().lower() in _TRUE else 0  # as --set takes them
         else:
-            raise _Bad(f"expected 0 or 1 (or true/false), got {shown(v)}")
+            raise _Bad(f"expected 0 or 1 (or true/false, yes/no, on/off), got {shown(v)}")
     elif p.kind == "str":
         if not isinstance(v, str):
             raise _Bad(f"expected a string, got {shown(v)}")

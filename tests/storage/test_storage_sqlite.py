@@ -362,3 +362,18 @@ async def test_a_reader_pinning_the_wal_costs_one_wait_per_restart_interval(tmp_
     finally:
         reader.close()
         await store.close()
+
+
+async def test_unable_to_open_says_why(tmp_path):
+    """SQLite's own "unable to open database file" gives no reason."""
+    import pytest
+
+    from presenced.storage import StoreError
+
+    (tmp_path / "adir").mkdir()
+    cases = [(tmp_path / "adir", "is a directory"), (tmp_path / "missing" / "p.db", "does not exist")]
+    for path, why in cases:
+        store = Store.from_url(f"sqlite:///{path}")
+        with pytest.raises(StoreError) as e:
+            await store.connect()
+        assert why in str(e.value) and str(path) in str(e.value)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -240,6 +241,23 @@ class SqliteStore(SqlStore):
             self._executor.shutdown(wait=False)
             self._executor = None
             raise self._connect_error(exc) from exc
+
+    def _connect_error(self, exc: BaseException) -> StoreError:
+        err = super()._connect_error(exc)
+        if "unable to open" not in str(exc) or self.path == ":memory:":
+            return err
+        # SQLite says only "unable to open database file": say why
+        path = os.path.realpath(self.path)
+        parent = os.path.dirname(path)
+        if os.path.isdir(path):
+            why = f"{path} is a directory"
+        elif not os.path.isdir(parent):
+            why = f"directory {parent} does not exist"
+        elif not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK)):
+            why = f"no permission to read and write {path} (and its directory, for the -wal and -shm files)"
+        else:
+            return err
+        return StoreError(f"{err}: {why}")
 
     async def close(self) -> None:
         if self._checkpointing is not None:
