@@ -241,3 +241,23 @@ def test_pending_watcher_that_leaves_is_listed_waiting(spawn, rules_db):
     assert b'state="full"' in full.body
     assert b'status="waiting"' in full.body and b"sip:carol@127.0.0.1" in full.body
     assert base64.b64encode(b"sip:carol@127.0.0.1") in full.body  # the watcher id
+
+
+def test_rules_written_into_the_table_apply_to_the_next_subscribe(spawn, tmp_path):
+    """Kamailio reads the xcap row on every SUBSCRIBE; presenced answers from
+    its cache and re-reads the row right after, so rules a provisioning system
+    wrote (no updateWatchers) decide the new watcher within a moment."""
+    db = f"sqlite://{tmp_path}/late.db"
+    srv = spawn("--db-url", db)
+    owner = Phone(srv.port, user="alice")
+    assert owner.publish("sip:alice@127.0.0.1", pidf("sip:alice@127.0.0.1")).status == 200
+    rules = tmp_path / "late.xml"
+    ask = '<cr:one id="sip:carol@127.0.0.1"/></cr:identity></cr:conditions>\n    <cr:actions><sub-handling>confirm</sub-handling>'
+    rules.write_text(RULES.replace(ask, ask.replace("confirm", "allow")))
+    assert cli("rules", "put", "sip:alice@127.0.0.1", str(rules), "--db-url", db).returncode == 0
+    carol = Phone(srv.port, user="carol")
+    _, cd = carol.subscribe("sip:alice@127.0.0.1")
+    states = [sub_state(carol.expect_notify(cd)).split(";")[0]]
+    if states[0] != "active":
+        states.append(sub_state(carol.expect_notify(cd, timeout=3)).split(";")[0])
+    assert states[-1] == "active", states

@@ -202,6 +202,9 @@ class PresenceEngine:
         # (pres_uri, package key, now) after a state change's NOTIFYs are queued; the
         # authorizer uses it to re-authorize watchers when the published sphere changes.
         self.on_publication_changed: Callable[[str, str, float], None] | None = None
+        # (pres_uri, now) when a new subscription was authorized by pres-rules:
+        # the runtime re-reads that presentity's rules from the database.
+        self.on_new_watcher: Callable[[str, float], None] | None = None
         # (host, port) of UDP watchers that took no TCP connection -> until when
         # their large NOTIFYs skip TCP (tcp_refused).
         self._no_tcp: dict[tuple[str, int], float] = {}
@@ -618,6 +621,8 @@ class PresenceEngine:
             sub.status, sub.reason = self._authorize_winfo(sub)
         elif pkg.requires_auth:
             sub.status, sub.reason = self._authorize(sub, pkg)
+            if self.on_new_watcher is not None:
+                self.on_new_watcher(pres_uri, now)
         code = 200 if (self.subs_respond_200 or pkg.template) else 202
         headers = [("Expires", str(expires)), ("Contact", f"<{sub.local_contact}>")]
         headers.extend(("Record-Route", rr) for rr in record_route)

@@ -38,6 +38,8 @@ CREDENTIALS_LOOKUP_TIMEOUT = 2.0
 
 #: How late (s) the runtime may run a core deadline (SIP timers are >= 500 ms).
 TIMER_SLACK = 0.005
+RULES_RECHECK = 5.0  # seconds between re-reads of one presentity's pres-rules row (_new_watcher)
+_UNKNOWN = object()
 YOUNG_GC_PERIOD = 0.1  # seconds between timed young-generation collections (see _collect_young)
 MIDDLE_GC_EVERY = 20  # every 20th timed collection also takes the middle generation (2 s)
 FULL_GC_EVERY = 6000  # every 6,000th, all generations (10 min)
@@ -108,6 +110,8 @@ class Server:
         self.bound: list[tuple[str, str, int]] = []
         self.persistence: Any = None
         self.shared: Any = None  # runtime/shared.py, in the DB-only modes
+        self._rules_docs: dict[str, bytes | None] = {}  # pres-rules document last read, by presentity
+        self._rules_checked: dict[str, float] = {}  # when _new_watcher last re-read them
         self._sync_queue: asyncio.Queue | None = None
         self._sync_keys: set = set()  # server-transaction keys waiting in the queue
         self.reload_config: Any = None  # set by the CLI: () -> Config
@@ -235,6 +239,9 @@ class Server:
             self._sync_queue = asyncio.Queue()
             self._tasks.add(self.loop.create_task(self._sync_worker()))
         await self.load_rules()
+        auth = self.core.authorizer
+        if auth is not None and self.shared is None and not self.core.engine.force_active:
+            self.core.engine.on_new_watcher = self._new_watcher  # (DB-only: shared.py reads rules per request)
         if self.core.auth_methods:
             await self.load_credentials()
             self._tasks.add(self.loop.create_task(self._refresh_credentials()))
@@ -257,15 +264,44 @@ class Server:
         if presentity is None:
             rows = await store.load_xcap(PRES_RULES)
             auth.rules.clear()
+            self._rules_docs.clear()
             for row in rows:
                 aor = join_aor(row.username, row.domain)
                 if aor not in auth.rules:  # the first row wins, as in Kamailio
                     auth.set_document(aor, bytes(row.doc))
+                    self._rules_docs[aor] = bytes(row.doc)
             return len(auth.rules)
         user, domain = split_aor(presentity)
         row = await store.get_xcap(user, domain, PRES_RULES)
-        auth.set_document(presentity, bytes(row.doc) if row is not None else None)
+        doc = bytes(row.doc) if row is not None else None
+        auth.set_document(presentity, doc)
+        self._rules_docs[presentity] = doc
         return 1 if row is not None else 0
+
+    def _new_watcher(self, pres: str, now: float) -> None:
+        """Kamailio reads the presentity's pres-rules row on every SUBSCRIBE;
+        presenced answers from its cache and re-reads the row afterwards (at most
+        every RULES_RECHECK per presentity), so a document another program wrote
+        into the xcap table applies within a moment: the watcher's pending NOTIFY
+        is followed by the decision the new rules give."""
+        last = self._rules_checked.get(pres)
+        if last is not None and now - last < RULES_RECHECK:
+            return
+        if len(self._rules_checked) > 65536:
+            self._rules_checked.clear()
+        self._rules_checked[pres] = now
+        self._spawn(self._recheck_rules(pres))
+
+    async def _recheck_rules(self, pres: str) -> None:
+        before = self._rules_docs.get(pres, _UNKNOWN)
+        try:
+            await self.load_rules(pres)
+        except Exception as e:  # noqa: BLE001 - the cached rules stay in force
+            log.warning("re-reading pres-rules of %s failed: %s", pres, str(e) or type(e).__name__)
+            return
+        if self._rules_docs.get(pres) != before and self.loop is not None:
+            if self.core.engine.pres_update_watchers(pres, "presence", self.loop.time()):
+                self._flush()
 
     async def load_credentials(self) -> int:
         """Cache Kamailio's `subscriber` rows for digest authentication."""
