@@ -51,7 +51,6 @@ def _credentials(row: Any) -> Any:
                        ha1b=row.ha1b or None)
 
 
-
 # Seconds an answered initial SUBSCRIBE is remembered to recognise a merged
 # copy of it (RFC 3261 §8.2.2.2). Copies arrive together; at 5,000 new
 # dialogs/s this is ~40,000 small entries.
@@ -59,6 +58,7 @@ MERGE_WINDOW = 8.0
 
 # Headers a response to an unparsable request copies (long and compact names).
 _ANSWER_COPIES = frozenset((b"via", b"v", b"from", b"f", b"to", b"t", b"call-id", b"i", b"cseq"))
+
 
 class SipCore:
     def __init__(self, cfg: Any = None, registry: EventRegistry | None = None) -> None:
