@@ -49,3 +49,25 @@ def test_first_reg_notify_is_full_state_even_with_nothing_registered(registrar):
     body = n.body.decode()
     assert 'state="full"' in body and 'version="0"' in body
     assert '<registration aor="sip:carol@example.com"' in body and 'state="init"' in body
+
+
+def _mwi_publish(h: Harness, body: bytes):
+    hdrs = [("Event", "message-summary"), ("Expires", "600"), ("Content-Type", "application/simple-message-summary")]
+    r = h.send(h.build("PUBLISH", "sip:vm@example.com", hdrs, body, from_uri="sip:vm@example.com"), 40000)
+    assert r is not None and r.status == 200, r
+
+
+def test_first_mwi_notify_with_nothing_published_turns_the_lamp_off():
+    h = Harness.make()
+    _, d = h.subscribe("sip:vm@example.com", "sip:bob@example.com", event="message-summary")
+    (n,) = h.take(d)
+    assert n.get("content-type") == "application/simple-message-summary"
+    assert n.body == b"Messages-Waiting: no\r\n"
+
+
+def test_mwi_body_published_with_bare_lf_is_notified_with_crlf():
+    h = Harness.make()
+    _, d = h.subscribe("sip:vm@example.com", "sip:bob@example.com", event="message-summary")
+    h.take(d)
+    _mwi_publish(h, b"Messages-Waiting: yes\nVoice-Message: 1/0\n")
+    assert h.take(d)[-1].body == b"Messages-Waiting: yes\r\nVoice-Message: 1/0\r\n"

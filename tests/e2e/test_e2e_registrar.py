@@ -90,3 +90,24 @@ def test_reg_event_subscriber_sees_register(server, phones, transport):
     n2 = w.expect_notify(d)
     assert int(xml_attr(n2.body, "reginfo", "version")) > v1
     assert b"terminated" in n2.body or xml_attr(n2.body, "registration", "state") != "active"
+
+
+def test_reg_events_say_registered_then_refreshed_then_unregistered(server, phones):
+    """RFC 3680 §5.1: a REGISTER that renews a contact is `refreshed` (a shorter
+    Expires too: `shortened` is the registrar's own doing); the removing
+    REGISTER's CSeq is reported with `unregistered`."""
+    name = uid("regrf")
+    aor = f"sip:{name}@{HOST}"
+    w = phones(server, "udp")
+    _, d = w.subscribe(aor, event="reg", expires=600)
+    w.expect_notify(d)
+    ph = phones(server, "udp", user=name)
+    cid = uid("cid")
+    assert register(ph, aor, ph.contact, 600, call_id=cid, cseq=1).status == 200
+    assert xml_attr(w.expect_notify(d).body, "contact", "event") == "registered"
+    assert register(ph, aor, ph.contact, 120, call_id=cid, cseq=2).status == 200
+    assert xml_attr(w.expect_notify(d).body, "contact", "event") == "refreshed"
+    assert register(ph, aor, ph.contact, 0, call_id=cid, cseq=3).status == 200
+    gone = w.expect_notify(d).body
+    assert xml_attr(gone, "contact", "event") == "unregistered"
+    assert xml_attr(gone, "contact", "cseq") == "3"

@@ -27,6 +27,7 @@ class Binding:
     registered_at: float
     id: str
     timer: object = None
+    event: str = "registered"  # RFC 3680 contact event of its last change: registered or refreshed
 
 
 class Registrar:
@@ -87,6 +88,7 @@ class Registrar:
                     return 500, "Stale CSeq", []
                 if exp == 0:
                     if old is not None:
+                        old.call_id, old.cseq = call_id, cseq  # the REGISTER that removed it
                         self._drop(aor, old)
                         changes.append((old, "unregistered"))
                     continue
@@ -97,8 +99,11 @@ class Registrar:
                     event = "registered"
                 else:
                     b = old
-                    event = "shortened" if now + exp < b.expires_at else "refreshed"
+                    # RFC 3680 §5.1: "shortened" is the registrar's own policy; a
+                    # client asking for less time refreshes its contact all the same
+                    event = "refreshed"
                     b.call_id, b.cseq, b.expires_at, b.raw = call_id, cseq, now + exp, c.raw
+                b.event = event
                 self._arm(b)
                 changes.append((b, event))
         if not current:

@@ -132,7 +132,7 @@ class SipCore:
         now = self.engine.now
         contacts = [
             ContactEntry(
-                id=b.id, uri=b.contact, state="active", event="registered", expires=max(0, int(b.expires_at - now)),
+                id=b.id, uri=b.contact, state="active", event=b.event, expires=max(0, int(b.expires_at - now)),
                 q=b.q, callid=b.call_id, cseq=b.cseq, duration_registered=max(0, int(now - b.registered_at)),
             )
             for b in self.registrar.lookup(aor)
