@@ -51,13 +51,9 @@ class Journal:
 
     def sub_notified(self, sub: Subscription) -> None:
         """A NOTIFY took the dialog's next CSeq."""
-        key = sub.key
-        first = self.first_cseq.get(key) if key in self.subs else None
-        if first is None:
-            self.first_cseq[key] = sub.local_cseq
-        elif sub.local_cseq - first >= HURRY_AFTER:
+        self.sub_saved(sub)
+        if sub.local_cseq - self.first_cseq.setdefault(sub.key, sub.local_cseq) >= HURRY_AFTER:
             self.hurry = True
-        self.subs[key] = (sub, True)
 
     def sub_deleted(self, sub: Subscription) -> None:
         self.subs[sub.key] = (sub, False)

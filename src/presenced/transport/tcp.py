@@ -105,11 +105,13 @@ class TcpConnection(asyncio.Protocol):
             return False
         self.last_activity = time.monotonic()
         t.write(data)
-        if t.get_write_buffer_size() > MAX_UNSENT:
-            self._drop_stalled(t)
+        self._drop_if_stalled(t)
         return True
 
-    def _drop_stalled(self, t: asyncio.Transport) -> None:
+    def _drop_if_stalled(self, t: asyncio.Transport) -> None:
+        """After a write: abort a connection whose peer left MAX_UNSENT unread."""
+        if t.get_write_buffer_size() <= MAX_UNSENT:
+            return
         log.warning("closing %s connection to %s:%s: %d bytes unread by the peer", self.name.upper(),
                     self.peer[0], self.peer[1], t.get_write_buffer_size())
         self.registry.stalled += 1

@@ -29,7 +29,7 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from presenced.sip.message import MAX_BODY_BYTES, MAX_HEADER_BYTES
-from presenced.transport.tcp import MAX_UNSENT, OnMessage, TcpConnection, TcpRegistry
+from presenced.transport.tcp import OnMessage, TcpConnection, TcpRegistry
 
 log = logging.getLogger("presenced.transport.ws")
 
@@ -104,7 +104,7 @@ class WsConnection(TcpConnection):
         else:
             # Echo the client's own spelling: tokens compare case-insensitively
             # here, but wsproto (and browsers) accept only an offered token.
-            offered = next(p.strip() for p in req.subprotocols if p.strip().lower() == SUBPROTOCOL)
+            offered = req.subprotocols[protocols.index(SUBPROTOCOL)].strip()
             self._out(AcceptConnection(subprotocol=offered))
             return
         self.close(graceful=False)
@@ -155,9 +155,8 @@ class WsConnection(TcpConnection):
         except UnicodeDecodeError:
             msg = BytesMessage(data=data)  # RFC 7118 §5.1 allows binary frames
         self._out(msg)
-        t = self.transport
-        if t is not None and t.get_write_buffer_size() > MAX_UNSENT:
-            self._drop_stalled(t)
+        if self.transport is not None:
+            self._drop_if_stalled(self.transport)
         return True
 
     def close(self, graceful: bool = True) -> None:
