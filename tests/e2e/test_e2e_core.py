@@ -234,8 +234,9 @@ def test_retransmitted_subscribe_absorbed(server, phones, presentity):
     assert later[0].call_id == call_id and later[0].from_.tag == first.to.tag
 
 
-def test_retransmitted_publish_absorbed(server, phones, presentity):
-    ph = phones(server, "udp")
+def test_retransmitted_publish_absorbed(server, phones, presentity, transport):
+    """Over TCP too: a resent PUBLISH made a second publication there."""
+    ph = phones(server, transport)
     w = phones(server, "udp")
     _, dlg = w.subscribe(presentity, expires=60)
     w.expect_notify(dlg)

@@ -440,24 +440,6 @@ def test_a_subscribe_sent_again_is_answered_again_not_run_twice(server, phones, 
     assert w.no_message(0.5, want=lambda m: isinstance(m, Request) and m.method == "NOTIFY")
 
 
-def test_a_publish_sent_again_is_answered_again_not_run_twice(server, phones, presentity, transport):
-    p = phones(server, transport)
-    body = pidf(presentity)
-    data, branch = p.build("PUBLISH", presentity, [("Event", "presence"), ("Expires", "60"),
-                                                    ("Content-Type", "application/pidf+xml")], body)
-    p.send_raw(data)
-    first = p.wait_response(branch)
-    p.send_raw(data)
-    second = p.wait_response(branch)
-    assert second.status == first.status == 200
-    assert second.get("sip-etag") == first.get("sip-etag")
-    # one publication: removing it leaves the presentity closed for a new watcher
-    assert p.publish(presentity, expires=0, etag=first.get("sip-etag")).status == 200
-    w = phones(server, transport)
-    w.subscribe(presentity)
-    assert "<basic>open</basic>" not in w.expect_notify().body.decode()
-
-
 def test_a_merged_initial_subscribe_gets_482(server, phones, presentity, transport):
     """RFC 3261 §8.2.2.2: same Call-ID, From tag and CSeq, another branch."""
     w = phones(server, transport)
