@@ -94,3 +94,25 @@ def test_sphere_check_disabled_never_reauthorizes():
     assert state(h.take(bob)[0]) == "pending"
     h.publish(ALICE, pidf(ALICE, sphere="work"), etag=etag)
     assert h.take(bob) == []
+
+
+def test_reinstalling_the_same_document_changes_nothing():
+    """A re-read of an unchanged xcap row (after a SUBSCRIBE, a DB-only load)
+    keeps the sphere the watchers were authorized with; a new row applies."""
+    doc = rules(BOB_AT_WORK, BOB_ASKS)
+    h = harness(doc)
+    auth = h.core.authorizer
+    h.publish(ALICE, pidf(ALICE, sphere="work", note="one"))
+    _, bob = h.subscribe(ALICE, BOB)
+    assert state(h.take(bob)[0]) == "active"
+    assert auth.spheres[ALICE] == "work"
+    assert auth.set_document(ALICE, bytes(doc)) is False
+    assert auth.spheres[ALICE] == "work"
+    blocked = rule("no", f'<identity><one id="{BOB}"/></identity>', "block")
+    assert auth.set_document(ALICE, rules(blocked)) is True
+    assert ALICE not in auth.spheres
+    assert h.core.engine.pres_update_watchers(ALICE, "presence", h.now) == 1
+    h.advance(0)
+    assert state(h.take(bob)[0]) == "terminated"
+    assert auth.set_document(ALICE, None) is True and not auth.has_rules(ALICE)
+    assert auth.set_document(ALICE, None) is False

@@ -254,16 +254,28 @@ def test_message_summary_published_and_notified(server, phones, transport, prese
     assert b"Voice-Message: 2/8 (0/2)" in n.body
 
 
-def test_message_summary_newest_publication_wins(server, phones, transport, presentity):
+def test_message_summary_newest_publication_shown_older_kept(server, phones, transport, presentity):
+    """The newest publication is notified; the older one keeps its ETag
+    (RFC 3903 §4.1) and shows again once the newer one is removed."""
     a, b = phones(server, transport), phones(server, transport)
-    assert a.publish(presentity, MWI_BODY, event="message-summary", ctype=MWI).status == 200
+    first = a.publish(presentity, MWI_BODY, event="message-summary", ctype=MWI)
+    assert first.status == 200
     w, d, n = watch(phones, server, transport, presentity, event="message-summary")
     assert b"2/8" in n.body
     newer = b"Messages-Waiting: no\r\nVoice-Message: 0/10 (0/0)\r\n"
-    assert b.publish(presentity, newer, event="message-summary", ctype=MWI).status == 200
+    second = b.publish(presentity, newer, event="message-summary", ctype=MWI)
+    assert second.status == 200
     n = w.expect_notify(d)
     assert b"Messages-Waiting: no" in n.body
     assert b"2/8" not in n.body
+    # the older publication is still there: a refresh by its ETag is accepted
+    refreshed = a.publish(presentity, event="message-summary", etag=first.get("SIP-ETag"))
+    assert refreshed.status == 200
+    # removing the newer one brings the older state back to the lamp
+    gone = b.publish(presentity, event="message-summary", etag=second.get("SIP-ETag"), expires=0)
+    assert gone.status == 200
+    n = w.expect_notify(d)
+    assert b"Messages-Waiting: yes" in n.body and b"2/8" in n.body
 
 
 def test_message_summary_without_space_after_colon(server, phones, presentity):

@@ -46,15 +46,23 @@ class RulesAuthorizer:
         self.no_rules_policy = no_rules_policy
         self.sphere_check = sphere_check
         self.rules: dict[str, Ruleset] = {}
+        # The raw documents behind `rules`: a re-read of an unchanged row
+        # (after a SUBSCRIBE, a DB-only load) is recognised and changes nothing.
+        self.docs: dict[str, bytes] = {}
         # The sphere the presentity's watchers were last authorized with.
         self.spheres: dict[str, str | None] = {}
 
-    def set_document(self, presentity: str, doc: bytes | None) -> None:
-        """Install (or with None remove) the pres-rules of a presentity AoR."""
+    def set_document(self, presentity: str, doc: bytes | None) -> bool:
+        """Install (or with None remove) the pres-rules of a presentity AoR;
+        False when that document was already installed."""
+        if self.docs.get(presentity) == doc:
+            return False
         self.spheres.pop(presentity, None)
         if doc is None:
             self.rules.pop(presentity, None)
-            return
+            self.docs.pop(presentity, None)
+            return True
+        self.docs[presentity] = doc
         try:
             self.rules[presentity] = parse_rules(doc)
         except RulesError as e:
@@ -63,6 +71,13 @@ class RulesAuthorizer:
             self.rules[presentity] = parse_rules(
                 b'<ruleset xmlns="urn:ietf:params:xml:ns:common-policy"/>'
             )
+        return True
+
+    def clear(self) -> None:
+        """Forget every document (before a full reload)."""
+        self.rules.clear()
+        self.docs.clear()
+        self.spheres.clear()
 
     def __call__(self, pres_uri: str, watcher_uri: str, event: str, sub: "Subscription | None") -> tuple[str, str | None]:
         ruleset = self.rules.get(pres_uri)

@@ -378,10 +378,6 @@ class PresenceEngine:
             etag=etag or new_etag(), pres_uri=key[0], entity=entity, event=key[1], body=body,
             content_type=ctype, expires_at=now + expires, received=now, seq=self._pub_seq, sender=sender,
         )
-        if not pkg.composes:
-            # Newest wins (message-summary): older publications are superseded.
-            for other in self.publications.records(key):
-                self._remove_publication(other)
         self.publications.add(key, pub.etag, pub)
         self.etags[pub.etag] = pub
         if self.journal is not None:

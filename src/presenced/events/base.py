@@ -43,7 +43,6 @@ class EventPackage:
     publishable       state comes from PUBLISH
     winfo             the package has a paired `<name>.winfo` package
     requires_auth     watchers go through authorization (pending/active)
-    composes          several publications are merged (else newest wins)
     versioned         bodies carry a per-subscription version counter
     """
 
@@ -55,7 +54,6 @@ class EventPackage:
     publishable: bool = True
     winfo: bool = False
     requires_auth: bool = False
-    composes: bool = True
     versioned: bool = False
     template: str | None = None  # e.g. 'winfo' for presence.winfo
     keeps_history: bool = False  # carry_over is called when a PUBLISH modifies a publication

@@ -39,7 +39,6 @@ CREDENTIALS_LOOKUP_TIMEOUT = 2.0
 #: How late (s) the runtime may run a core deadline (SIP timers are >= 500 ms).
 TIMER_SLACK = 0.005
 RULES_RECHECK = 5.0  # seconds between re-reads of one presentity's pres-rules row (_new_watcher)
-_UNKNOWN = object()
 YOUNG_GC_PERIOD = 0.1  # seconds between timed young-generation collections (see _collect_young)
 MIDDLE_GC_EVERY = 20  # every 20th timed collection also takes the middle generation (2 s)
 FULL_GC_EVERY = 6000  # every 6,000th, all generations (10 min)
@@ -110,7 +109,6 @@ class Server:
         self.bound: list[tuple[str, str, int]] = []
         self.persistence: Any = None
         self.shared: Any = None  # runtime/shared.py, in the DB-only modes
-        self._rules_docs: dict[str, bytes | None] = {}  # pres-rules document last read, by presentity
         self._rules_checked: dict[str, float] = {}  # when _new_watcher last re-read them
         self._sync_queue: asyncio.Queue | None = None
         self._sync_keys: set = set()  # server-transaction keys waiting in the queue
@@ -258,25 +256,29 @@ class Server:
         if auth is None or self.persistence is None:
             return 0
         from presenced.core.authorization import PRES_RULES
-        from presenced.runtime.persistence import join_aor, split_aor
+        from presenced.runtime.persistence import join_aor
 
         store = self.persistence.store
         if presentity is None:
             rows = await store.load_xcap(PRES_RULES)
-            auth.rules.clear()
-            self._rules_docs.clear()
+            auth.clear()
             for row in rows:
                 aor = join_aor(row.username, row.domain)
                 if aor not in auth.rules:  # the first row wins, as in Kamailio
                     auth.set_document(aor, bytes(row.doc))
-                    self._rules_docs[aor] = bytes(row.doc)
             return len(auth.rules)
+        await self._read_rules(presentity)
+        return 1 if auth.has_rules(presentity) else 0
+
+    async def _read_rules(self, presentity: str) -> bool:
+        """Install one presentity's pres-rules row; True when it changed."""
+        from presenced.core.authorization import PRES_RULES
+        from presenced.runtime.persistence import split_aor
+
+        assert self.core.authorizer is not None and self.persistence is not None
         user, domain = split_aor(presentity)
-        row = await store.get_xcap(user, domain, PRES_RULES)
-        doc = bytes(row.doc) if row is not None else None
-        auth.set_document(presentity, doc)
-        self._rules_docs[presentity] = doc
-        return 1 if row is not None else 0
+        row = await self.persistence.store.get_xcap(user, domain, PRES_RULES)
+        return self.core.authorizer.set_document(presentity, bytes(row.doc) if row is not None else None)
 
     def _new_watcher(self, pres: str, now: float) -> None:
         """Kamailio reads the presentity's pres-rules row on every SUBSCRIBE;
@@ -293,13 +295,14 @@ class Server:
         self._spawn(self._recheck_rules(pres))
 
     async def _recheck_rules(self, pres: str) -> None:
-        before = self._rules_docs.get(pres, _UNKNOWN)
+        if self.core.authorizer is None or self.persistence is None:
+            return
         try:
-            await self.load_rules(pres)
+            changed = await self._read_rules(pres)
         except Exception as e:  # noqa: BLE001 - the cached rules stay in force
             log.warning("re-reading pres-rules of %s failed: %s", pres, str(e) or type(e).__name__)
             return
-        if self._rules_docs.get(pres) != before and self.loop is not None:
+        if changed and self.loop is not None:
             if self.core.engine.pres_update_watchers(pres, "presence", self.loop.time()):
                 self._flush()
 

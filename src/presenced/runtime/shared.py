@@ -72,7 +72,6 @@ class SharedState:
         # pres-rules may be changed through any process: re-read them with each
         # initial presence SUBSCRIBE (installed only when the document changed).
         self.authorizer = authorizer
-        self._rules_seen: dict[str, bytes | None] = {}
         self.sync_pubs = pubs
         self.sync_subs = subs
         self.loads = 0          # reload round trips, for counters
@@ -165,11 +164,7 @@ class SharedState:
     def apply(self, loaded: Loaded, now: float) -> None:
         if loaded.rules is not None and self.authorizer is not None:
             pres, doc = loaded.rules
-            if pres not in self._rules_seen or self._rules_seen[pres] != doc:
-                if len(self._rules_seen) > 65536:
-                    self._rules_seen.clear()
-                self._rules_seen[pres] = doc
-                self.authorizer.set_document(pres, doc)
+            self.authorizer.set_document(pres, doc)
         if loaded.dialog is not None:
             self._merge_dialog(*loaded.dialog, now)
         if loaded.pubs is not None:

@@ -14,7 +14,6 @@ class DialogPackage(EventPackage):
     name = "dialog"
     content_types = (DIALOG_INFO,)
     notify_type = DIALOG_INFO
-    composes = True
     versioned = True
     keeps_history = True
 

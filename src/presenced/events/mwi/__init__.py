@@ -1,4 +1,7 @@
-"""`message-summary` (RFC 3842): voicemail lamps; the newest publication wins."""
+"""`message-summary` (RFC 3842): voicemail lamps; the newest publication is shown.
+
+Older publications stay (each keeps its ETag, RFC 3903 §4.1) and show again
+when the newer ones are removed or expire, as in Kamailio."""
 
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ class MessageSummaryPackage(EventPackage):
     name = "message-summary"
     content_types = (SUMMARY,)
     notify_type = SUMMARY
-    composes = False
 
     def validate(self, body: bytes, content_type: str) -> None:
         validate_message_summary(body)

@@ -17,7 +17,6 @@ class PresencePackage(EventPackage):
     notify_type = PIDF
     winfo = True
     requires_auth = True
-    composes = True
     versioned = False
 
     def validate(self, body: bytes, content_type: str) -> None:

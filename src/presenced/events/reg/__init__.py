@@ -16,7 +16,6 @@ class RegPackage(EventPackage):
     content_types = (REGINFO,)
     notify_type = REGINFO
     default_expires = 3761  # RFC 3680 §4.4
-    composes = True
     versioned = True
 
     def validate(self, body: bytes, content_type: str) -> None:
