@@ -149,6 +149,9 @@ class PresenceEngine:
         # (presentity, package): a pending watcher without a dialog is "waiting".
         self.watcher_since: dict[tuple[str, str, str], float] = {}
         self._pending_watchers: dict[tuple[str, str], set[str]] = {}
+        # The winfo id a waiting watcher's ended subscription had, so that
+        # full and partial watcher-info documents name it alike (RFC 3858 §4).
+        self._waiting_ids: dict[tuple[str, str, str], str] = {}
         self._composed: dict[tuple[str, str], VersionedBody | None] = {}
         self._key_cache: dict[str, str] = {}
         # Memory (bench/state_memory.py): one bound method per engine instead of one per
@@ -697,6 +700,7 @@ class PresenceEngine:
         group = self._pending_watchers.get(pk)
         if group is not None:
             group.discard(watcher)
+            self._waiting_ids.pop((pk[0], pk[1], watcher), None)
             if not group:
                 del self._pending_watchers[pk]
 
@@ -753,6 +757,8 @@ class PresenceEngine:
             if self.journal is not None:
                 self.journal.sub_deleted(sub)
         self.subs_by_presentity.discard((sub.pres_uri, sub.event), sub.key)
+        if sub.status == "pending":
+            self._waiting_ids[(sub.pres_uri, sub.event, self._watcher_key(sub.watcher_uri))] = sub.watcher_id
 
     # ------------------------------------------- records loaded from storage
     # Start-up restore and DB-only reloads: state the database already holds,
@@ -974,10 +980,12 @@ class PresenceEngine:
             duration_subscribed=max(0, int(now - w.created)),
         )
 
-    def _waiting_entry(self, watcher: str):
+    def _waiting_entry(self, pres: str, event: str, watcher: str):
         from presenced.events.formats.watcherinfo import WatcherEntry
 
-        wid = base64.b64encode(watcher.encode("utf-8", "surrogateescape")).decode("ascii")
+        wid = self._waiting_ids.get((pres, event, watcher))
+        if wid is None:  # its subscription ended before a restart: Kamailio's id
+            wid = base64.b64encode(watcher.encode("utf-8", "surrogateescape")).decode("ascii")
         return WatcherEntry(id=wid, uri=watcher, status="waiting", event="timeout")
 
     def _winfo_body(self, wsub: Subscription, wpkg: EventPackage, now: float, changed: Subscription | None, terminated: bool = False) -> bytes:
@@ -986,7 +994,7 @@ class PresenceEngine:
             entries = [self._winfo_entry(w, now) for w in watched.values()]
             if changed is not None and changed.key not in watched:
                 entries.append(self._winfo_entry(changed, now, terminated))
-            entries.extend(self._waiting_entry(w) for w in self._waiting_watchers(wsub.pres_uri, wpkg.name)
+            entries.extend(self._waiting_entry(wsub.pres_uri, wpkg.name, w) for w in self._waiting_watchers(wsub.pres_uri, wpkg.name)
                            if changed is None or changed.key in watched or self._watcher_key(changed.watcher_uri) != w)
             state = "full"
             wsub.winfo_full_sent = True
