@@ -565,8 +565,8 @@ class PresenceXmlSection(_Section):
     xcapauth_userdel_reason: str = _str(
         "probation", "Subscription-State reason when an allowed watcher no longer matches "
                      "any rule (may add ;retry-after=N).", check=_check_subs_reason)
-    force_dummy_presence: int = _bool(0, "1: with no publication, send a synthetic PIDF "
-                                         "(open, as Kamailio does).")
+    force_dummy_presence: int = _bool(0, "1: with no publication, send a PIDF with one "
+                                         "closed tuple (0: no body).")
     force_presence_single_body: int = _bool(0, "1: send the highest-priority publication "
                                                "instead of merging all of them.")
     presence_single_body_priorities: str = _str(
@@ -591,8 +591,8 @@ class PresenceDialoginfoSection(_Section):
     TITLE: ClassVar[str] = "Kamailio module presence_dialoginfo: dialog event."
     force_single_dialog: int = _bool(0, "1: put only one <dialog> element in the aggregated "
                                         "body.")
-    force_dummy_dialog: int = _bool(0, "1: with no publication, send a dummy terminated "
-                                       "dialog.")
+    force_dummy_dialog: int = _bool(0, "1: with no publication, send one terminated "
+                                       "dialog (0: a dialog-info without dialogs).")
     default_expires: int = _int(3600, "Expiry for PUBLISH/SUBSCRIBE without Expires.", min=1)
 
 

@@ -615,6 +615,11 @@ class PresenceEngine:
             local_contact=self._dialog_contact(ctx, req),
             accept=accept, created=now,
         )
+        if pkg.filter_params:
+            ev = req.event
+            chosen = {k: v for k, v in ev.params.items() if k in pkg.filter_params and v} if ev is not None else {}
+            if chosen:
+                sub.extra = {"filter": chosen}
         if pkg.template == "winfo":
             # RFC 3857 §4.6: only the owner may see who watches them.
             sub.status, sub.reason = self._authorize_winfo(sub)

@@ -57,6 +57,9 @@ class EventPackage:
     versioned: bool = False
     template: str | None = None  # e.g. 'winfo' for presence.winfo
     keeps_history: bool = False  # carry_over is called when a PUBLISH modifies a publication
+    # Event parameters of a SUBSCRIBE kept with the subscription (in
+    # `extra["filter"]`) for filter_for, e.g. RFC 4235's call-id.
+    filter_params: frozenset[str] = frozenset()
 
     def __init__(self, **options: Any) -> None:
         self.options = options

@@ -98,6 +98,7 @@ def subscription_rows(sub: Subscription, wall: float) -> tuple[ActiveWatcherRow,
         "event_header": sub.event_header, "accept": sub.accept, "created": sub.created + wall,
         "watcher_event": sub.watcher_event, "route_set": sub.route_set,
         "source": [src.transport, src.host, src.port] if src else None,
+        "filter": sub.extra.get("filter") if sub.extra else None,
     }
     return row, SubscriptionExtRow(sub.call_id, sub.local_tag, sub.remote_tag, json.dumps(ext))
 
@@ -226,6 +227,7 @@ def _subscription_from_row(engine: PresenceEngine, r: ActiveWatcherRow, ext: Sub
         source=source, local_host=lhost or "127.0.0.1", local_port=int(lport) if lport.isdigit() else 5060,
         local_contact=r.local_contact, accept=data.get("accept"), created=float(data.get("created", time.time())) - wall,
         watcher_event=data.get("watcher_event", "subscribe"), winfo_full_sent=False,
+        extra={"filter": data["filter"]} if data.get("filter") else None,
     )
 
 

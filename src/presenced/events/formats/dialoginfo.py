@@ -11,14 +11,17 @@ import copy
 
 from lxml import etree
 
-from .xml import BodyError, VersionedBody, append_children, new_root, parse_document
+from .xml import BodyError, VersionedBody, append_children, new_root, parse_document, reindent
 
 __all__ = [
     "NS_DIALOG_INFO",
     "SINGLE_DIALOG_PREFERENCE",
     "compose_dialoginfo",
     "compose_dialoginfo_sla",
+    "dummy_dialoginfo",
     "keep_terminated",
+    "merge_partial",
+    "only_dialogs",
     "validate_dialoginfo",
 ]
 
@@ -131,6 +134,63 @@ def keep_terminated(old: bytes, new: bytes) -> bytes:
     if not changed:
         return new
     return etree.tostring(new_root_, xml_declaration=True, encoding="UTF-8")
+
+
+def merge_partial(old: bytes, new: bytes) -> bytes:
+    """A `state="partial"` modify applied to the publication it modifies.
+
+    RFC 4235 §4.1: a partial document lists only the dialogs that changed, so
+    the dialogs of `old` that `new` does not name stay; the result is full
+    state. A full `new` (the usual case) replaces `old` as it is."""
+    if b"partial" not in new:
+        return new
+    try:
+        old_root, new_root_ = _parse_root(old), _parse_root(new)
+    except BodyError:
+        return new
+    if new_root_.get("state") != "partial":
+        return new
+    named = {(d.get("id") or "").strip() for d in new_root_.iterchildren(_DIALOG)}
+    kept = [d for d in old_root.iterchildren(_DIALOG) if (d.get("id") or "").strip() not in named]
+    new_root_.set("state", "full")
+    if kept:
+        first = next(new_root_.iterchildren(_DIALOG), None)
+        at = new_root_.index(first) if first is not None else len(new_root_)
+        for i, dialog in enumerate(kept):
+            new_root_.insert(at + i, dialog)
+        reindent(new_root_)
+    return etree.tostring(new_root_, xml_declaration=True, encoding="UTF-8")
+
+
+def only_dialogs(body: bytes, call_id: str, tags: tuple[str, ...]) -> bytes:
+    """The NOTIFY body for a subscription to particular dialogs (RFC 4235 §3.2:
+    Event parameters `call-id`, `from-tag`, `to-tag`): the dialogs with that
+    Call-ID whose local or remote tag is each given tag; the others are left
+    out. A body that does not parse is returned as it is."""
+    try:
+        root = _parse_root(body)
+    except BodyError:
+        return body
+    for dialog in list(root.iterchildren(_DIALOG)):
+        own = ((dialog.get("local-tag") or "").strip(), (dialog.get("remote-tag") or "").strip())
+        if (dialog.get("call-id") or "").strip() != call_id or any(t not in own for t in tags):
+            root.remove(dialog)
+    reindent(root)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+#: force_dummy_dialog's single dialog: an ended call, so every lamp is off.
+_DUMMY_DIALOG = (
+    '<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" version="0" state="full" entity="">'
+    '<dialog id="presenced-idle" direction="recipient"><state>terminated</state></dialog>'
+    "</dialog-info>"
+).encode()
+
+
+def dummy_dialoginfo(entity: str) -> VersionedBody:
+    """force_dummy_dialog=1 with nothing published (Kamailio's dummy: one
+    terminated dialog), for phones that ignore a document without dialogs."""
+    return compose_dialoginfo(entity, [_DUMMY_DIALOG])
 
 
 def compose_dialoginfo(
