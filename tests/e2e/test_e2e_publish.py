@@ -117,11 +117,16 @@ def test_wrong_content_type_415_with_accept(server, phones, transport, presentit
     r = ph.publish(presentity, b"I am here", ctype="text/plain")
     assert r.status == 415
     assert PIDF in _tokens(r.get("Accept"))
+    # XPIDF is another format, not stored and then lost: refused, and not offered
+    xpidf = b'<?xml version="1.0"?><presence><presentity uri="sip:x@h"/></presence>'
+    assert ph.publish(presentity, xpidf, ctype="application/xpidf+xml").status == 415
+    assert "application/xpidf+xml" not in _tokens(r.get("Accept"))
 
 
 @pytest.mark.parametrize("body", [
     b'<?xml version="1.0"?><presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:x@h"><tuple id="a">',
     b"not xml at all",
+    b'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:x@h"><tuple id="t"><status><basic>busy</basic></status></tuple></presence>',
     None,  # PIDF in the wrong namespace
 ])
 def test_bad_pidf_400_and_no_state_change(server, phones, transport, presentity, body):

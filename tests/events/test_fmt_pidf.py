@@ -78,6 +78,10 @@ def test_missing_entity_is_accepted():
         (f'<dialog-info xmlns="{NS_PIDF}"/>'.encode(), "not PIDF"),
         (f'<presence xmlns="{NS_PIDF}"><tuple></presence>'.encode(), "malformed"),
         (b"", "empty"),
+        # RFC 3863 §4.1: what watchers would otherwise receive
+        (f'<presence xmlns="{NS_PIDF}" entity="sip:a@b"><tuple><status/></tuple></presence>'.encode(), "without id"),
+        (f'<presence xmlns="{NS_PIDF}" entity="sip:a@b"><tuple id="b"/></presence>'.encode(), "without status"),
+        (f'<presence xmlns="{NS_PIDF}" entity="sip:a@b"><tuple id="b"><status><basic>busy</basic></status></tuple></presence>'.encode(), "open or closed"),
     ],
 )
 def test_invalid_pidf_rejected(body, needle):

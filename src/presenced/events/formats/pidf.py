@@ -74,8 +74,20 @@ def validate_pidf(body: bytes) -> None:
     because the compositor rewrites it anyway, and schema slips seen in the
     wild (Linphone's pidf `timestamp` inside `dm:person`, baresip's person
     before its tuple, extension elements inside `status`) are not errors.
+    What RFC 3863 §4.1 requires of a tuple is checked, since watchers would
+    otherwise receive it: an `id`, a `status`, and a `basic` (when present)
+    of open or closed.
     """
-    _parse_pidf(body)
+    root = _parse_pidf(body)
+    for t in root.iterchildren(_TUPLE):
+        if not (t.get("id") or "").strip():
+            raise BodyError("tuple without id")
+        status = t.find(_STATUS)
+        if status is None:
+            raise BodyError("tuple without status")
+        basic = status.find(_BASIC)
+        if basic is not None and (basic.text or "").strip() not in ("open", "closed"):
+            raise BodyError("basic must be open or closed")
 
 
 def _roots(bodies: Iterable[bytes]) -> list[etree._Element]:

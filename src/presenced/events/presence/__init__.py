@@ -13,7 +13,8 @@ PIDF = "application/pidf+xml"
 
 class PresencePackage(EventPackage):
     name = "presence"
-    content_types = (PIDF, "application/xpidf+xml", "application/cpim-pidf+xml")
+    # cpim-pidf is PIDF under its older name; XPIDF is another format (415)
+    content_types = (PIDF, "application/cpim-pidf+xml")
     notify_type = PIDF
     winfo = True
     requires_auth = True
