@@ -45,6 +45,7 @@ def test_pending_watcher_that_leaves_is_waiting():
     h.advance(61)  # carol's subscription expires while still pending
     [n] = h.take(owner)
     assert b'state="partial"' in n.body and watchers(n.body)[CAROL] == (wid, "waiting", "timeout")
+    assert b'expiration="0"' in n.body  # her subscription is over
     assert h.engine.pres_auth_status(CAROL, ALICE) == 4
 
     # full state names her as the partial documents did (RFC 3858 §4)

@@ -981,7 +981,8 @@ class PresenceEngine:
             status = "waiting"  # RFC 3857 §3.3: a pending subscription that ended
         return WatcherEntry(
             id=w.watcher_id, uri=w.watcher_uri, status=status, event=w.watcher_event,
-            display_name=w.watcher_display, expiration=max(0, int(w.expires_at - now)),
+            display_name=w.watcher_display,
+            expiration=0 if status in ("terminated", "waiting") else max(0, int(w.expires_at - now)),
             duration_subscribed=max(0, int(now - w.created)),
         )
 
