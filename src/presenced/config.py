@@ -393,6 +393,11 @@ class AuthSection(_Section):
         [], "Methods that must carry valid digest credentials; [] = none (Kamailio leaves "
             "this to the routing script).", choices=("PUBLISH", "SUBSCRIBE"), check=_dedupe)
     realm: str = _str("", 'Digest realm in challenges; "" = the domain of the request URI.')
+    algorithms: list[str] = _list(
+        ["MD5"], "Digest algorithms a 401 offers, one challenge each, most preferred first "
+                 "(RFC 8760). MD5 only, as Kamailio: baresip (libre) gives up on a 401 that "
+                 "offers any algorithm it lacks, SHA-256 included.",
+        choices=("MD5", "SHA-256"), check=_dedupe)
 
 
 @dataclass(frozen=True)

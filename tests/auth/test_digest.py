@@ -48,7 +48,8 @@ class Lookup:
 
 @pytest.fixture
 def auth() -> DigestAuthenticator:
-    return DigestAuthenticator(REALM, SECRET, max_failures_per_source=3, failure_window=60, lockout=30)
+    return DigestAuthenticator(REALM, SECRET, algorithms=("SHA-256", "MD5"), max_failures_per_source=3,
+                               failure_window=60, lockout=30)
 
 
 def chal_for(auth: DigestAuthenticator, now: float = T0, alg: str = "MD5") -> dict[str, str]:
@@ -116,7 +117,7 @@ def test_challenge_headers_parse_back(auth):
     hdrs = auth.challenge(T0)
     assert [n for n, _ in hdrs] == ["WWW-Authenticate", "WWW-Authenticate"]
     chals = [parse_challenge(v) for _, v in hdrs]
-    assert [c["algorithm"] for c in chals] == ["SHA-256", "MD5"]  # RFC 8760: SHA-256 first
+    assert [c["algorithm"] for c in chals] == ["SHA-256", "MD5"]  # RFC 8760: as configured, preferred first
     for c in chals:
         assert c["realm"] == REALM
         assert c["qop"] == "auth"
@@ -138,7 +139,8 @@ def test_challenge_nonces_are_fresh_and_stale_flag(auth):
 
 def test_challenge_algorithm_selection_and_proxy():
     a = DigestAuthenticator(REALM, SECRET, algorithms=("md5", "sha-256"))
-    assert a.algorithms == ("SHA-256", "MD5")
+    assert a.algorithms == ("MD5", "SHA-256")  # the configured preference
+    assert DigestAuthenticator(REALM, SECRET).algorithms == ("MD5",)  # Kamailio's, and what libre accepts
     hdrs = DigestAuthenticator(REALM, SECRET, algorithms=("MD5",)).challenge(T0, proxy=True)
     assert len(hdrs) == 1 and hdrs[0][0] == "Proxy-Authenticate"
     assert parse_challenge(hdrs[0][1])["algorithm"] == "MD5"

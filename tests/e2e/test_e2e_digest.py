@@ -42,6 +42,24 @@ def test_publish_needs_credentials_and_accepts_correct_ones(auth_server):
     assert again.status in (401, 403)
 
 
+def test_only_md5_is_offered_unless_configured(spawn, tmp_path):
+    """baresip (libre) answers no 401 that offers an algorithm it lacks, so the
+    default challenge is MD5 alone (as Kamailio's); auth.algorithms adds
+    SHA-256, in the order given (RFC 8760 §2.4), and a SHA-256 answer works."""
+    db = f"sqlite://{tmp_path}/auth.db"
+    assert cli("user", "add", "alice@127.0.0.1", "s3cret", "--db-url", db).returncode == 0
+    phone = Phone(spawn("--db-url", db, "--set", "auth.require=PUBLISH").port, user="alice")
+    values = phone.publish(URI, pidf(URI)).get_all("www-authenticate")
+    assert [parse_challenge(v).get("algorithm") for v in values] == ["MD5"]
+    srv = spawn("--db-url", db, "--set", "auth.require=PUBLISH", "--set", "auth.algorithms=SHA-256,MD5")
+    phone = Phone(srv.port, user="alice")
+    values = phone.publish(URI, pidf(URI)).get_all("www-authenticate")
+    chals = [parse_challenge(v) for v in values]
+    assert [c.get("algorithm") for c in chals] == ["SHA-256", "MD5"]
+    good = authorization(chals[0], "alice", "s3cret", "PUBLISH", URI, alg="SHA-256")
+    assert phone.publish(URI, pidf(URI), extra=[("Authorization", good)], from_uri=URI).status == 200
+
+
 def test_wrong_password_is_refused(auth_server):
     phone = Phone(auth_server.port, user="alice")
     chal = _challenge(phone.publish(URI, pidf(URI)))

@@ -297,3 +297,39 @@ def test_alice_sees_bob_online_and_offline(transport: str, tmp_path: pathlib.Pat
         if server.proc is not None:
             server.stop()
     assert time.monotonic() - start < 40
+
+
+@pytest.mark.timeout(30)
+def test_baresip_answers_the_default_digest_challenge(tmp_path: pathlib.Path) -> None:
+    """With PUBLISH and SUBSCRIBE behind digest authentication, baresip (libre)
+    authenticates and alice sees bob. libre answers no 401 that offers an
+    algorithm it lacks, so this fails when a SHA-256 challenge is offered."""
+    _require_baresip()
+    db = f"sqlite://{tmp_path}/auth.db"
+    for user in ("alice", "bob"):
+        r = subprocess.run([sys.executable, "-m", "presenced", "user", "add", f"{user}@127.0.0.1", "x",
+                            "--db-url", db], capture_output=True, text=True, timeout=15)
+        assert r.returncode == 0, r.stderr
+    server = ServerProcess("--set", "presence_xml.force_active=1", "--set", "auth.require=PUBLISH,SUBSCRIBE",
+                           db_url=db)
+    taken: set[int] = set()
+    alice = bob = None
+    deadline = time.monotonic() + 20.0
+    try:
+        server.start()
+        taken.update((server.port, server.port + 1))
+        alice = Baresip("alice", tmp_path, _baresip_port(taken), server.port, "udp",
+                        contacts='"Bob" <sip:bob@127.0.0.1>;presence=p2p\n')
+        bob = Baresip("bob", tmp_path, _baresip_port(taken), server.port, "udp")
+        alice.start()
+        alice.wait_output(r"Subscription-State: active", min(deadline, time.monotonic() + 8))
+        bob.start()
+        _wait_bob_status(alice, bob, {"Online"}, min(deadline, time.monotonic() + 8), "go online behind digest auth")
+        assert "Authorization: Digest" in bob.output  # bob's PUBLISH was challenged and answered
+    finally:
+        for b in (bob, alice):
+            if b is not None:
+                b.quit(timeout=3)
+                b.kill()
+        if server.proc is not None:
+            server.stop()

@@ -337,7 +337,7 @@ class DigestAuthenticator:
         realm: str,
         secret: bytes,
         *,
-        algorithms: Iterable[str] = ("SHA-256", "MD5"),
+        algorithms: Iterable[str] = ("MD5",),
         nonce_ttl: float = 300.0,
         max_failures_per_source: int = 10,
         failure_window: float = 60.0,
@@ -356,8 +356,7 @@ class DigestAuthenticator:
                 algs.append(c)
         if not algs:
             raise ValueError("at least one digest algorithm is required")
-        # RFC 8760 §2.4: the preferred (strongest) algorithm is offered first.
-        algs.sort(key=lambda x: 0 if x == "SHA-256" else 1)
+        # In the caller's order: RFC 8760 §2.4 offers the preferred one first.
         if nonce_ttl <= 0 or failure_window <= 0 or lockout < 0:
             raise ValueError("nonce_ttl and failure_window must be > 0, lockout >= 0")
         if max_nonces < 1 or max_sources < 1:
@@ -413,7 +412,7 @@ class DigestAuthenticator:
     ) -> list[tuple[str, str]]:
         """Header (name, value) pairs for a 401 (or a 407 with `proxy=True`).
 
-        One challenge per configured algorithm, SHA-256 first (RFC 8760 §2.4),
+        One challenge per configured algorithm, in the configured order (RFC 8760 §2.4),
         sharing one fresh nonce and the realm's opaque; ``stale=true`` is added
         when the previous request failed only because its nonce expired.
         """

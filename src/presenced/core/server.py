@@ -94,6 +94,7 @@ class SipCore:
         # Built-in digest authentication (RFC 3261 §22) for the methods in auth.require.
         self.auth_methods = {m.upper() for m in (_opt(cfg, "auth", "require", []) or [])}
         self.auth_realm = str(_opt(cfg, "auth", "realm", "") or "")
+        auth_algorithms = tuple(_opt(cfg, "auth", "algorithms", None) or ("MD5",))
         self.credentials: dict[tuple[str, str], Any] = {}
         # Set by the runtime: (user, domain) -> True when it is fetching that user's
         # credentials; the request then waits for `credentials_fetched`.
@@ -111,7 +112,8 @@ class SipCore:
 
             from presenced.auth import DigestAuthenticator
 
-            self.digest = DigestAuthenticator(self.auth_realm or "presenced", _secrets.token_bytes(32))
+            self.digest = DigestAuthenticator(
+                self.auth_realm or "presenced", _secrets.token_bytes(32), algorithms=auth_algorithms)
         # NOTIFYs sent per step; the rest waits for `drain_fanout` (None: no limit).
         self.fanout_batch: int | None = None
         self.route: Callable[..., Any] | None = None
@@ -428,6 +430,9 @@ class SipCore:
             return False
         if result.reason and req.has("authorization"):
             log.info("auth: %s %s from %s failed: %s", req.method, req.get("call-id"), ctx.source.host, result.reason)
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("auth: %s %s from %s challenged (%s)", req.method, req.get("call-id"), ctx.source.host,
+                      result.reason or "no credentials")
         self.stats["auth_challenges"] = self.stats.get("auth_challenges", 0) + 1
         challenge = self.digest.challenge(wall, stale=result.stale, realm=realm)
         self.respond(req, st, Reply(401, "Unauthorized", challenge), now)
