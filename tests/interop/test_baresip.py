@@ -240,6 +240,15 @@ def _wait_bob_status(alice: Baresip, bob: Baresip, want: set[str], deadline: flo
     )
 
 
+def _stop_all(server: ServerProcess, *clients: Baresip | None) -> None:
+    for b in clients:
+        if b is not None:
+            b.quit(timeout=3)
+            b.kill()
+    if server.proc is not None:
+        server.stop()
+
+
 @pytest.mark.timeout(40)
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_alice_sees_bob_online_and_offline(transport: str, tmp_path: pathlib.Path) -> None:
@@ -290,12 +299,7 @@ def test_alice_sees_bob_online_and_offline(transport: str, tmp_path: pathlib.Pat
         _wait_bob_status(alice, bob, {"Offline", "Unknown"}, min(deadline, time.monotonic() + 5),
                          "leave Online after quitting (un-PUBLISH)")
     finally:
-        for b in (bob, alice):
-            if b is not None:
-                b.quit(timeout=3)
-                b.kill()
-        if server.proc is not None:
-            server.stop()
+        _stop_all(server, bob, alice)
     assert time.monotonic() - start < 40
 
 
@@ -327,9 +331,4 @@ def test_baresip_answers_the_default_digest_challenge(tmp_path: pathlib.Path) ->
         _wait_bob_status(alice, bob, {"Online"}, min(deadline, time.monotonic() + 8), "go online behind digest auth")
         assert "Authorization: Digest" in bob.output  # bob's PUBLISH was challenged and answered
     finally:
-        for b in (bob, alice):
-            if b is not None:
-                b.quit(timeout=3)
-                b.kill()
-        if server.proc is not None:
-            server.stop()
+        _stop_all(server, bob, alice)
