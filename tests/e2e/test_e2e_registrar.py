@@ -51,6 +51,31 @@ def test_register_wildcard_removes_all(server, phones, transport):
     assert q.status == 200 and _bindings(q) == []
 
 
+def test_same_instance_from_a_new_port_is_the_same_binding(server, phones, transport):
+    """Linphone over TCP registers its listening port and un-registers from the
+    connection's port with the same +sip.instance (RFC 5626 §6, RFC 5627): the
+    binding is matched by instance, and the 200 echoes the instance."""
+    name = uid("reg")
+    aor = f"sip:{name}@{HOST}"
+    ph = phones(server, transport, user=name)
+    call_id = uid("cid")
+    inst = '+sip.instance="<urn:uuid:86d4cb53-3590-00cd-8644-a1ed4e54c2d4>"'
+    r = register(ph, aor, f"<sip:{name}@127.0.0.1:6026;transport=tcp>;{inst}", 600, call_id=call_id, cseq=1)
+    assert r.status == 200
+    [c] = _bindings(r)
+    assert "6026" in c and inst in c
+    # a refresh from another port moves the binding, it does not add a second one
+    r = register(ph, aor, f"<sip:{name}@127.0.0.1:55212;transport=tcp>;{inst}", 600, call_id=call_id, cseq=2)
+    [c] = _bindings(r)
+    assert "55212" in c
+    r = register(ph, aor, f"<sip:{name}@127.0.0.1:55234;transport=tcp>;{inst}", 0, call_id=call_id, cseq=3)
+    assert r.status == 200 and _bindings(r) == []
+    # without an instance the URI decides: two addresses are two bindings
+    assert register(ph, aor, f"<sip:{name}@127.0.0.1:7001>", 600, call_id=call_id, cseq=4).status == 200
+    r = register(ph, aor, f"<sip:{name}@127.0.0.1:7002>", 600, call_id=call_id, cseq=5)
+    assert len(_bindings(r)) == 2
+
+
 def test_register_wildcard_needs_expires_0(server, phones):
     name = uid("reg")
     ph = phones(server, "udp", user=name)

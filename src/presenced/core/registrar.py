@@ -28,6 +28,21 @@ class Binding:
     id: str
     timer: object = None
     event: str = "registered"  # RFC 3680 contact event of its last change: registered or refreshed
+    key: str = ""              # what a later REGISTER matches it by (see _binding_key)
+    instance: str | None = None  # +sip.instance (and reg-id), echoed in the 200
+
+
+def _binding_key(uri_raw: str, params: dict[str, str | None]) -> tuple[str, str | None]:
+    """A contact with `+sip.instance` is the same binding whatever its URI
+    (RFC 5626 §6, RFC 5627): Linphone over TCP re-registers and un-registers
+    from a new local port with the same instance id. Others match by URI
+    (RFC 3261 §10.3)."""
+    instance = params.get("+sip.instance")
+    if not instance:
+        return uri_raw, None
+    reg_id = params.get("reg-id")
+    echo = f'+sip.instance={instance}' + (f";reg-id={reg_id}" if reg_id else "")
+    return "instance " + instance.strip('"').lower() + (f" {reg_id}" if reg_id else ""), echo
 
 
 class Registrar:
@@ -82,7 +97,7 @@ class Registrar:
                 if 0 < exp < self.min_expires:
                     return 423, "Interval Too Brief", [("Min-Expires", str(self.min_expires))]
                 exp = min(exp, self.max_expires)
-                key = uri.raw
+                key, instance = _binding_key(uri.raw, c.params)
                 old = current.get(key)
                 if old is not None and old.call_id == call_id and cseq <= old.cseq:
                     return 500, "Stale CSeq", []
@@ -94,7 +109,8 @@ class Registrar:
                     continue
                 if old is None:
                     self._counter += 1
-                    b = Binding(aor, key, c.raw, call_id, cseq, now + exp, c.params.get("q"), now, f"c{self._counter}")
+                    b = Binding(aor, uri.raw, c.raw, call_id, cseq, now + exp, c.params.get("q"), now,
+                                f"c{self._counter}", key=key, instance=instance)
                     current[key] = b
                     event = "registered"
                 else:
@@ -103,13 +119,15 @@ class Registrar:
                     # client asking for less time refreshes its contact all the same
                     event = "refreshed"
                     b.call_id, b.cseq, b.expires_at, b.raw = call_id, cseq, now + exp, c.raw
+                    b.contact = uri.raw  # the instance's current address
                 b.event = event
                 self._arm(b)
                 changes.append((b, event))
         if not current:
             self.bindings.pop(aor, None)
         headers = [
-            ("Contact", f"<{b.contact}>;expires={max(0, int(b.expires_at - now))}")
+            ("Contact", f"<{b.contact}>;expires={max(0, int(b.expires_at - now))}"
+                        + (f";{b.instance}" if b.instance else ""))
             for b in self.bindings.get(aor, {}).values()
         ]
         if changes:
@@ -130,7 +148,7 @@ class Registrar:
 
     def _expired(self, now: float, b: Binding) -> None:
         cur = self.bindings.get(b.aor, {})
-        if cur.get(b.contact) is b:
+        if cur.get(b.key or b.contact) is b:
             self._drop(b.aor, b)
             if self.on_change is not None:
                 self.on_change(b.aor, now, [(b, "expired")])
@@ -138,7 +156,7 @@ class Registrar:
     def _drop(self, aor: str, b: Binding) -> None:
         cur = self.bindings.get(aor)
         if cur is not None:
-            cur.pop(b.contact, None)
+            cur.pop(b.key or b.contact, None)
             if not cur:
                 self.bindings.pop(aor, None)
         if b.timer is not None:
