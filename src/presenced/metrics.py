@@ -377,6 +377,9 @@ class Metrics:
         e.sample("presenced_sip_parse_errors_total", core.stats.get("parse_errors", 0))
         e.family("presenced_sip_dropped_total", "counter", "SIP messages dropped without a response.")
         e.sample("presenced_sip_dropped_total", core.stats.get("dropped", 0))
+        e.family("presenced_sip_overloaded_total", "counter",
+                 "Requests answered 503 because the database could not serve them in time (DB-only modes).")
+        e.sample("presenced_sip_overloaded_total", core.stats.get("overloaded", 0))
         e.family("presenced_worker_forwarded_total", "counter",
                  "Messages read by a worker that does not own them and handed to the owner (--workers > 1).")
         e.sample("presenced_worker_forwarded_total", getattr(server, "forwarded", 0))

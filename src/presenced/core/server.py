@@ -215,14 +215,7 @@ class SipCore:
         if isinstance(msg, Response):
             self.tx.receive_response(msg, now)
             return
-        try:
-            self._process_received(msg, source)
-            check_request(msg)
-        except SipParseError as e:
-            self.stats["parse_errors"] += 1
-            self._answer_malformed(msg, e, source)
-            return
-        st = self.tx.receive_request(msg, source)
+        st = self._server_transaction(msg, source)
         if st is None:
             return
         CALL_ID.set(msg.call_id)
@@ -250,6 +243,28 @@ class SipCore:
             self._remember_initial(initial, now)
         # timers, storage and shutdown log without a request's Call-ID
         CALL_ID.set(None)
+
+    def _server_transaction(self, req: Request, source: Address) -> ServerTransaction | None:
+        """The request's new server transaction; None when it was answered
+        here (malformed: 400) or is a retransmission the layer absorbed."""
+        try:
+            self._process_received(req, source)
+            check_request(req)
+        except SipParseError as e:
+            self.stats["parse_errors"] += 1
+            self._answer_malformed(req, e, source)
+            return None
+        return self.tx.receive_request(req, source)
+
+    def refuse_overloaded(self, req: Request, source: Address, now: float, retry_after: int) -> None:
+        """503 with Retry-After for a request the runtime cannot take in time
+        (RFC 3261 §21.5.4); its retransmissions are absorbed as usual."""
+        self.engine.now = now
+        st = self._server_transaction(req, source)
+        if st is None:
+            return
+        self.stats["overloaded"] = self.stats.get("overloaded", 0) + 1
+        self.respond(req, st, Reply(503, "Service Unavailable", [("Retry-After", str(retry_after))]), now)
 
     def _remember_initial(self, key: tuple[str, str, int], now: float) -> None:
         """Only answered 2xx: a retry after a 401 that kept its CSeq (as some

@@ -31,6 +31,15 @@ from presenced.transport.udp import UdpListener, start_udp
 log = logging.getLogger("presenced.runtime")
 
 SYNC_BATCH = 64  # DB-only modes: requests whose state is read together
+# DB-only modes, overload: a request that would wait longer than SYNC_ADMIT
+# seconds for its database reads (queue length times the recent time per
+# request) is answered 503 at once, and one that has waited SYNC_STALE seconds
+# all the same is answered 503 instead of being run. Its sender has
+# retransmitted by then and soon gives up; running it late spends the
+# database on answers nobody waits for, and everything behind it waits longer.
+SYNC_ADMIT = 2.0
+SYNC_STALE = 4.0
+SYNC_RETRY_AFTER = 5
 
 CREDENTIALS_NEGATIVE_TTL = 5.0   # seconds an unknown username is not looked up again
 CREDENTIALS_LOOKUP_RATE = 20     # database lookups of unknown usernames per second (burst as many)
@@ -112,6 +121,7 @@ class Server:
         self._rules_checked: dict[str, float] = {}  # when _new_watcher last re-read them
         self._sync_queue: asyncio.Queue | None = None
         self._sync_keys: set = set()  # server-transaction keys waiting in the queue
+        self._sync_cost = 0.0  # seconds per queued request, moving average (admission control)
         self.reload_config: Any = None  # set by the CLI: () -> Config
         self._cred_inflight: set[tuple[str, str]] = set()
         self._cred_negative: dict[tuple[str, str], float] = {}  # unknown user -> retry after
@@ -552,8 +562,14 @@ class Server:
         if key in self._sync_keys:
             self.core.tx.stats["retransmissions_absorbed"] += 1  # the queued original will answer
             return True
+        assert self.loop is not None
+        now = self.loop.time()
+        if self._sync_queue.qsize() * self._sync_cost > SYNC_ADMIT:
+            self.core.refuse_overloaded(req, source, now, SYNC_RETRY_AFTER)
+            self._flush()
+            return True
         self._sync_keys.add(key)
-        self._sync_queue.put_nowait((req, key, data, source, local))
+        self._sync_queue.put_nowait((req, key, data, source, local, now))
         return True
 
     async def _sync_worker(self) -> None:
@@ -566,6 +582,16 @@ class Server:
             jobs = [await queue.get()]
             while len(jobs) < SYNC_BATCH and not queue.empty():
                 jobs.append(queue.get_nowait())
+            started = self.loop.time()
+            stale = [job for job in jobs if started - job[5] > SYNC_STALE]
+            if stale:
+                for req, key, _data, source, _local, _queued in stale:
+                    self._sync_keys.discard(key)
+                    self.core.refuse_overloaded(req, source, started, SYNC_RETRY_AFTER)
+                self._flush()
+                jobs = [job for job in jobs if started - job[5] <= SYNC_STALE]
+                if not jobs:
+                    continue
             try:
                 await self._settled()
                 results = await asyncio.gather(
@@ -579,10 +605,12 @@ class Server:
                                     self.persistence.store.url, str(res) or type(res).__name__)
                     elif res is not None:
                         shared.apply(res, now)
-                for _req, key, data, source, local in jobs:
+                for _req, key, data, source, local, _queued in jobs:
                     self._sync_keys.discard(key)
                     self.core.receive(data, source, local, self.loop.time(), stream=source.transport in FRAMED)
                 self._flush()
+                cost = (self.loop.time() - started) / len(jobs)
+                self._sync_cost = cost if self._sync_cost == 0.0 else 0.8 * self._sync_cost + 0.2 * cost
             except Exception:
                 log.exception("DB-only request handling failed")
                 for job in jobs:
