@@ -53,6 +53,7 @@ def serve(config_file, listen, db_url, sets, log_level, route_spec, http_listen,
     log = logging.getLogger("presenced")
     for w in cfg.warnings:
         log.warning("%s", w)
+    _claim_sqlite(cfg, log)
     from presenced.runtime.server import Server, install_uvloop
 
     def reload():
@@ -90,6 +91,35 @@ def serve(config_file, listen, db_url, sets, log_level, route_spec, http_listen,
     except KeyboardInterrupt:
         pass
     sys.exit(0)
+
+
+_CLAIMS: list[int] = []  # lock descriptors held for the life of the process
+
+
+def _claim_sqlite(cfg, log: logging.Logger) -> None:
+    """Warn when another presenced already keeps state in memory from the same
+    SQLite file: both would overwrite each other's rows. DB-only servers may
+    share a file (docs/operations.md)."""
+    url = str(cfg.db.url)
+    if not url.lower().startswith("sqlite://"):
+        return
+    from presenced.storage.sqlite import claim_file, sqlite_path
+
+    path = sqlite_path(url)
+    if path == ":memory:":
+        return
+    db_only = int(cfg.presence.publ_cache) == 0 and int(cfg.presence.subs_db_mode) in (0, 3)
+    try:
+        fd = claim_file(path, exclusive=not db_only)
+    except OSError:
+        return  # the store itself says why the path is unusable
+    if fd is None:
+        log.warning(
+            "another presenced process is using %s; unless every server on it runs DB-only "
+            "(presence.subs_db_mode=3, presence.publ_cache=0) they overwrite each other's rows: "
+            "give each server its own file", path)
+        return
+    _CLAIMS.append(fd)
 
 
 def _serve_workers(cfg, setup) -> int:

@@ -153,3 +153,24 @@ def test_config_errors_name_file_line_and_field(tmp_path):
     conf.write_text("[presence]\nmax_expires = 600\n")
     r = cli("config", "check", str(conf))
     assert r.returncode == 0 and f"{conf}: OK" in r.stdout
+
+
+def test_a_second_server_on_the_same_sqlite_file_is_warned_about(spawn, tmp_path):
+    """Two servers that keep state in memory (write-back here) overwrite each
+    other's rows in one SQLite file: the second says so at start. DB-only
+    servers may share a file and are not warned about."""
+    db = f"sqlite://{tmp_path}/shared.db"
+    first = spawn("--db-url", db)
+    second = spawn("--db-url", db)
+    assert "another presenced process is using" not in first.output()
+    assert "another presenced process is using" in second.output()
+    assert "shared.db" in second.output()
+    db_only = ("--set", "presence.subs_db_mode=3", "--set", "presence.publ_cache=0")
+    other = f"sqlite://{tmp_path}/dbonly.db"
+    a, b = spawn("--db-url", other, *db_only), spawn("--db-url", other, *db_only)
+    assert "another presenced process" not in a.output() + b.output()
+    # the lock goes with the process: a restart after a stop is not warned about
+    first.stop()
+    second.stop()
+    third = spawn("--db-url", db)
+    assert "another presenced process" not in third.output()

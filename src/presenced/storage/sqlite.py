@@ -66,6 +66,25 @@ def sqlite_path(url: str) -> str:
     return path
 
 
+def claim_file(path: str, exclusive: bool) -> int | None:
+    """Mark `path` as used by this process (an advisory lock on `path` +
+    "-presenced.lock", held until the process exits: a crash releases it).
+
+    A server that keeps state in memory (write-back, write-through) claims
+    the file exclusively, a DB-only one shared. Returns the lock's descriptor
+    (keep it open), or None when another process holds a conflicting claim:
+    two caching servers on one file overwrite each other's rows."""
+    import fcntl
+
+    fd = os.open(path + "-presenced.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def _locked(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
