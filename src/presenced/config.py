@@ -459,8 +459,8 @@ class PresenceSection(_Section):
     max_expires: int = _int(3600, "Cap on PUBLISH and SUBSCRIBE Expires; larger requests are "
                                   "silently reduced.", min=1)
     min_expires: int = _int(
-        0, "Lowest non-zero SUBSCRIBE Expires (PUBLISH is not checked, as in Kamailio); "
-           "below it min_expires_action applies.", min=0)
+        0, "Lowest non-zero SUBSCRIBE and PUBLISH Expires (Kamailio checks SUBSCRIBE only); "
+           "below it a PUBLISH gets 423 with Min-Expires and a SUBSCRIBE min_expires_action.", min=0)
     min_expires_action: int = _int(
         1, "SUBSCRIBE below min_expires: 1 reply 423 Interval Too Brief with Min-Expires, "
            "2 raise the expiry to min_expires.", min=1, max=2)

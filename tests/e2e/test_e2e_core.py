@@ -359,3 +359,73 @@ def test_compact_event_header(server, phones, presentity, transport):
     assert r.status == 200
     n = ph.expect_notify()
     assert (n.get("Event") or "").startswith("presence")
+
+
+def test_request_without_via_over_tcp_gets_400_on_its_connection(server):
+    """RFC 3261 §8.1.1: Via is mandatory; over a stream the 400 can still
+    reach the sender (on its connection) although nothing names it."""
+    s = raw_tcp(server.port)
+    try:
+        call_id = uid("novia")
+        lines = [f"SUBSCRIBE sip:nv@{HOST} SIP/2.0", "Max-Forwards: 70", f"From: <sip:w@{HOST}>;tag=1",
+                 f"To: <sip:nv@{HOST}>", f"Call-ID: {call_id}", "CSeq: 1 SUBSCRIBE", "Event: presence",
+                 f"Contact: <sip:w@{HOST}:5999;transport=tcp>", "Expires: 60", "Content-Length: 0"]
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        raw = read_until(s, lambda b: b"\r\n\r\n" in b)
+        assert raw.startswith(b"SIP/2.0 400 "), raw
+        assert call_id.encode() in raw
+    finally:
+        s.close()
+
+
+def test_cancel_of_a_completed_subscribe_is_answered_200_and_changes_nothing(server, phones, transport):
+    """RFC 3261 §9.2: a CANCEL that matches a transaction gets 200 (ours are
+    already complete, so it has no effect); one that matches none gets 481."""
+    ph = phones(server, transport)
+    pres = f"sip:{uid('cx')}@{HOST}"
+    data, branch = ph.build("SUBSCRIBE", pres, [("Event", "presence"), ("Expires", "60"), ("Contact", ph.contact)])
+    ph.send_raw(data)
+    assert ph.wait_response(branch).status == 200
+    cancel = data.replace(b"SUBSCRIBE " + pres.encode(), b"CANCEL " + pres.encode(), 1)
+    cancel = cancel.replace(b" SUBSCRIBE\r\n", b" CANCEL\r\n")  # CSeq method
+    ph.send_raw(cancel)
+    r = ph.recv(2.0, lambda m: isinstance(m, Response) and (m.get("cseq") or "").endswith("CANCEL"))
+    assert r.status == 200
+    other = cancel.replace(branch.encode(), b"z9hG4bK" + uid("none").encode())
+    ph.send_raw(other)
+    r = ph.recv(2.0, lambda m: isinstance(m, Response) and (m.get("cseq") or "").endswith("CANCEL"))
+    assert r.status == 481
+
+
+def test_answer_after_the_tcp_connection_closed_goes_to_the_via_port(spawn, tmp_path):
+    """RFC 3261 §18.2.2: the request's connection is gone, so the response goes
+    over a new connection to the received address and the Via's sent-by port.
+    (DB-only mode: the answer waits for a database read, so the connection is
+    surely closed by then; otherwise the answer may already be on its way.)"""
+    server = spawn("--db-url", f"sqlite://{tmp_path}/via.db", "--set", "presence.subs_db_mode=3",
+                   "--set", "presence.publ_cache=0")
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((HOST, 0))
+    listener.listen(1)
+    listener.settimeout(5)
+    port = listener.getsockname()[1]
+    try:
+        s = raw_tcp(server.port)
+        call_id = uid("gone")
+        pres = f"sip:{uid('g')}@{HOST}"
+        body = pidf(pres)
+        lines = [f"PUBLISH {pres} SIP/2.0", f"Via: SIP/2.0/TCP {HOST}:{port};branch=z9hG4bK{uid('b')}",
+                 "Max-Forwards: 70", f"From: <{pres}>;tag=1", f"To: <{pres}>", f"Call-ID: {call_id}",
+                 "CSeq: 1 PUBLISH", "Event: presence", "Expires: 60", "Content-Type: application/pidf+xml",
+                 f"Content-Length: {len(body)}"]
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        s.close()
+        conn, _ = listener.accept()
+        try:
+            raw = read_until(conn, lambda b: b"\r\n\r\n" in b)
+        finally:
+            conn.close()
+        assert raw.startswith(b"SIP/2.0 200 "), raw
+        assert call_id.encode() in raw
+    finally:
+        listener.close()

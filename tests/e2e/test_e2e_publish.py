@@ -312,3 +312,15 @@ def test_dialog_info_versions_increase_per_subscription(server, phones, transpor
     assert int(xml_attr(n2.body, "dialog-info", "version")) == 2
     _, _, other = watch(phones, server, transport, presentity, event="dialog")
     assert xml_attr(other.body, "dialog-info", "version") == "0"
+
+
+def test_encoded_body_415_with_accept_encoding(server, phones, transport, presentity):
+    """RFC 3261 §8.2.3: a body in an encoding we do not decode is refused,
+    naming the ones we take; nothing is stored or notified."""
+    w, d, _ = watch(phones, server, transport, presentity)
+    ph = phones(server, transport)
+    r = ph.publish(presentity, pidf(presentity), extra=[("Content-Encoding", "gzip")])
+    assert r.status == 415
+    assert r.get("Accept-Encoding") == "identity"
+    assert w.no_notify(d, 0.4)
+    assert ph.publish(presentity, pidf(presentity), extra=[("Content-Encoding", "identity")]).status == 200

@@ -325,6 +325,11 @@ class PresenceEngine:
             ctype = ct.mime
             if ctype not in pkg.content_types:
                 return Reply(415, "Unsupported Media Type", [("Accept", ", ".join(pkg.content_types))])
+            coding = req.get("content-encoding")
+            if coding is not None and coding.strip().lower() not in ("", "identity"):
+                # RFC 3261 §8.2.3: a body we cannot decode (gzip, ...) is refused,
+                # naming the encodings we take; it must not reach watchers as is.
+                return Reply(415, "Unsupported Content-Encoding", [("Accept-Encoding", "identity")])
             try:
                 pkg.validate(body, ctype)
             except BodyError as bad:  # not `e`: mypyc types one name per function

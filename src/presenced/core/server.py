@@ -57,6 +57,7 @@ def _credentials(row: Any) -> Any:
 MERGE_WINDOW = 8.0
 
 # Headers a response to an unparsable request copies (long and compact names).
+_CANCELLABLE = ("SUBSCRIBE", "PUBLISH", "REGISTER", "OPTIONS", "NOTIFY", "MESSAGE", "INFO", "UPDATE", "REFER")
 _ANSWER_COPIES = frozenset((b"via", b"v", b"from", b"f", b"to", b"t", b"call-id", b"i", b"cseq"))
 
 
@@ -313,7 +314,19 @@ class SipCore:
     def _response_dest(self, req: Request, source: Address) -> Address:
         t = source.transport
         if t != "udp" and t != "UDP":  # reliable: answer on the connection
-            return source
+            if t != "tcp" and t != "tls":
+                return source  # WebSocket: its connection or nothing (RFC 7118)
+            # Should the connection be gone, the runtime opens one to the
+            # received address and the Via's sent-by port (RFC 3261 §18.2.2).
+            try:
+                port = req.top_via.port
+            except SipParseError:
+                return source
+            if port is None:
+                port = 5061 if t == "tls" else 5060
+            if port == source.port:
+                return source
+            return Address(t, source.host, port, source.conn)
         try:
             via = req.top_via
         except SipParseError:
@@ -366,14 +379,14 @@ class SipCore:
         if req.method == "ACK":
             self.stats["dropped"] += 1
             return
-        try:
-            if not source.reliable:
+        if not source.reliable:
+            try:
                 req.top_via  # noqa: B018
-            elif req.get("via") is None:
-                raise SipParseError("no Via to copy")  # nothing could match the answer
-        except SipParseError:
-            self.stats["dropped"] += 1
-            return
+            except SipParseError:
+                self.stats["dropped"] += 1
+                return
+        # Over a stream even a request without a Via is answered on its
+        # connection (RFC 3261 §8.1.1: it is malformed, 400).
         data_out = build_response(req, err.status, err.reason, [SERVER_HEADER], to_tag=new_tag())
         self._count_response(err.status)
         self.tx.outbox.append((data_out, self._response_dest(req, source), None))
@@ -395,7 +408,15 @@ class SipCore:
         method = req.method
         if method == "CANCEL":
             # Our non-INVITE transactions complete at once: nothing to cancel.
-            self.respond(req, st, Reply(481, "Call/Transaction Does Not Exist"), now)
+            # A CANCEL that matches one of them (same branch and sent-by) is
+            # answered 200 and changes nothing (RFC 3261 §9.2); others 481.
+            status, reason = 481, "Call/Transaction Does Not Exist"
+            key = st.key
+            if type(key) is str and key.endswith("CANCEL"):
+                base = key[: -len("CANCEL")]
+                if any(base + m in self.tx.server for m in _CANCELLABLE):
+                    status, reason = 200, "OK"
+            self.respond(req, st, Reply(status, reason), now)
             return
         try:
             scheme = req.uri.scheme
