@@ -83,7 +83,10 @@ def test_polite_block_outside_the_sphere_is_active_without_state():
     # allow beats polite-block while in "work" (RFC 4745 combining); at home only polite-block matches
     h.publish(ALICE, pidf(ALICE, sphere="home", note="sofa"), etag=etag)
     notes = h.take(bob)
-    assert len(notes) == 1 and state(notes[0]) == "active" and notes[0].body == b""
+    assert len(notes) == 1 and state(notes[0]) == "active"
+    # RFC 5025 §3.2.1: she looks unavailable (one closed service), nothing of "sofa"
+    assert b"<basic>closed</basic>" in notes[0].body and b"sofa" not in notes[0].body
+    assert b"sphere" not in notes[0].body
     assert h.engine.pres_auth_status(BOB, ALICE) == 5
 
 

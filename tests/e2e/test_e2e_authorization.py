@@ -65,8 +65,9 @@ def test_rules_decide_each_watcher(spawn, rules_db):
     assert seen["bob"][0] == "active" and b"<basic>open</basic>" in seen["bob"][1]
     assert seen["eve"][0] == "terminated" and seen["eve"][1] == b""
     assert seen["carol"][0] == "pending" and seen["carol"][1] == b""
-    # polite-block looks active but carries no state
-    assert seen["mallory"][0] == "active" and seen["mallory"][1] == b""
+    # polite-block looks active and unavailable (RFC 5025 §3.2.1): one closed service, not alice's
+    assert seen["mallory"][0] == "active" and b"<basic>closed</basic>" in seen["mallory"][1]
+    assert b"<basic>open</basic>" not in seen["mallory"][1]
     # inside a document, no matching rule is the null permission: block
     assert seen["dave"][0] == "terminated"
 

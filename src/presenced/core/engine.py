@@ -831,6 +831,8 @@ class PresenceEngine:
 
     def _body_for(self, sub: Subscription, pkg: EventPackage, now: float) -> bytes:
         if sub.status != "active" or sub.reason is not None:
+            if sub.reason == "polite-block" and sub.status == "active":
+                return pkg.blocked_body(sub.entity)
             return b""
         if pkg.template == "winfo":
             return self._winfo_body(sub, pkg, now, None)

@@ -93,6 +93,11 @@ class EventPackage:
         """What an active watcher gets when nothing is published (None: no body)."""
         return None
 
+    def blocked_body(self, entity: str) -> bytes:
+        """What a politely blocked watcher (RFC 5025 §3.2.1: active, told
+        nothing true) is sent instead of the state; b"": no body."""
+        return b""
+
     def filter_for(self, body: bytes, subscription: "Subscription") -> bytes:
         """Per-watcher body transformation (authorization rules); identity by default."""
         return body

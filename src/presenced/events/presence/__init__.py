@@ -21,13 +21,7 @@ class PresencePackage(EventPackage):
     versioned = False
 
     def validate(self, body: bytes, content_type: str) -> None:
-        if content_type != PIDF:
-            # Other XML presence formats are stored but must at least be XML.
-            from presenced.events.formats.xml import parse_xml
-
-            parse_xml(body)
-            return
-        pidf.validate_pidf(body)
+        pidf.validate_pidf(body)  # cpim-pidf included: the same document
 
     def compose(self, entity: str, publications: Sequence[PublicationView]) -> VersionedBody | None:
         bodies = [p.body for p in publications if p.body]
@@ -44,3 +38,8 @@ class PresencePackage(EventPackage):
         if self.options.get("force_dummy_presence"):
             return VersionedBody.fixed(pidf.dummy_pidf(entity))
         return None
+
+    def blocked_body(self, entity: str) -> bytes:
+        # RFC 5025 §3.2.1 polite-block: the presentity looks unavailable, a
+        # single closed service and nothing else (Kamailio sends no body).
+        return pidf.dummy_pidf(entity)
