@@ -78,10 +78,12 @@ def test_udp_port_in_use_exits_2(server):
         assert ph.request("OPTIONS", f"sip:{HOST}:{server.port}").status == 200
 
 
-def test_sigterm_stops_taking_requests_and_finishes_notify_in_flight(spawn):
+def test_sigterm_stops_taking_requests_and_finishes_notify_in_flight(spawn, tmp_path):
     """SIGTERM: new requests get no answer, the NOTIFY in flight still completes
-    (retransmitted until answered), then the process exits 0 at once."""
-    srv = spawn("--set", "presence_xml.force_active=1", "--set", "core.shutdown_grace_ms=5000")
+    (retransmitted until answered), then the process exits 0 at once.
+    (Subscriptions stored in SQLite: they outlive the stop, no deactivation.)"""
+    srv = spawn("--set", "presence_xml.force_active=1", "--set", "core.shutdown_grace_ms=5000",
+                "--db-url", f"sqlite://{tmp_path}/stop.db")
     uri = f"sip:{uid('p')}@{HOST}"
     w = SipClient(srv.port, user=uid("w"))  # answers NOTIFYs only when told to
     p = Phone(srv.port, "udp")
@@ -117,6 +119,34 @@ def test_sigterm_stops_taking_requests_and_finishes_notify_in_flight(spawn):
     finally:
         for c in (w, p, late):
             c.close()
+
+
+def test_stop_in_memory_mode_tells_watchers_their_subscriptions_end(spawn, tmp_path):
+    """Memory only: the subscriptions die with the process, so each watcher gets
+    terminated;reason=deactivated and may subscribe again at once (RFC 6665
+    §4.2.2) rather than hear nothing until its refresh gets 481. With
+    subscriptions in a database nothing is sent: they survive the restart."""
+    srv = spawn("--set", "presence_xml.force_active=1")
+    uri = f"sip:{uid('p')}@{HOST}"
+    w = Phone(srv.port, "udp")
+    try:
+        _, d = w.subscribe(uri, expires=600)
+        w.expect_notify(d)
+        srv.sigterm()
+        n = w.expect_notify(d, timeout=3)
+        assert n.get("subscription-state") == "terminated;reason=deactivated"
+        assert srv.proc.wait(timeout=5) == 0
+    finally:
+        w.close()
+    kept = spawn("--set", "presence_xml.force_active=1", "--db-url", f"sqlite://{tmp_path}/kept.db")
+    w = Phone(kept.port, "udp")
+    try:
+        _, d = w.subscribe(uri, expires=600)
+        w.expect_notify(d)
+        kept.sigterm()
+        assert w.no_notify(d, 0.5)
+    finally:
+        w.close()
 
 
 def test_shutdown_grace_bounds_the_wait_for_unanswered_notifies(spawn):

@@ -1062,6 +1062,20 @@ class PresenceEngine:
         self._set_watcher((pres, event, self._watcher_key(watcher_uri)), (status, reason))
         return self.pres_update_watchers(presentity_uri, event, now)
 
+    def deactivate_all(self, now: float) -> int:
+        """End every subscription with `terminated;reason=deactivated` (RFC
+        6665 §4.2.2: the subscriber may subscribe again at once). For a stop
+        that loses them (memory only): a watcher would otherwise hear nothing
+        until its next refresh gets 481, up to an hour later."""
+        n = 0
+        for sub in list(self.subs_by_dialog.values()):
+            pkg = self.registry.get(sub.event)
+            self._remove_subscription(sub)
+            if pkg is not None:
+                self._notify_terminated(sub, pkg, now, "deactivated", with_state=False)
+                n += 1
+        return n
+
     def pres_update_watchers(self, uri: str, event: str, now: float) -> int:
         """Re-evaluate watchers of uri/event; NOTIFY the dialogs whose status changed."""
         pkg = self.registry.get(event)

@@ -391,6 +391,14 @@ class Server:
             await self.http.stop()
         for s in self.tcp.servers:
             s.close()
+        if self.loop is not None and (self.persistence is None or not self.persistence.persist_subscriptions):
+            # Subscriptions live in memory only: tell the watchers they end, so
+            # they subscribe again once the server is back instead of waiting
+            # for their next refresh to get 481.
+            n = self.core.engine.deactivate_all(self.loop.time())
+            if n:
+                log.info("stopping: %d subscriptions ended (deactivated); they are kept in memory only", n)
+                self._flush()
         deadline = self.loop.time() + grace if self.loop else 0
         # Completed UDP transactions linger for Timer K; they are not in flight.
         while self.loop and any(not ct.done for ct in self.core.tx.client.values()) and self.loop.time() < deadline:
