@@ -253,6 +253,10 @@ def test_memory_only_modes_keep_nothing(tmp_path, servers, uas):
     b = _setup(srv, uas)
     assert srv.sigterm() == 0
     assert _rows(db, b) == (0, 0)
+    # the subscriptions die with the process: each watcher was told (RFC 6665 deactivated)
+    ended = b.watcher.notifies(window=0.5)
+    assert len(ended) == 2, ended
+    assert {n.get("subscription-state") for n in ended} == {"terminated;reason=deactivated"}
 
     servers.restart(srv)
     assert b.pub.publish(b.pres, etag=b.etag, expires=600).status == 412
