@@ -280,3 +280,43 @@ def test_db_only_mode_with_two_workers(tmp_path):
     finally:
         ph.close()
         srv.stop()
+
+
+def test_write_back_crash_under_another_worker_count_still_skips_cseqs(tmp_path):
+    """Each worker count keeps its own clean-stop markers: a crash of a
+    one-worker run between two clean two-worker runs must not be hidden by
+    the two-worker markers of the first run (NOTIFY CSeqs would be reused)."""
+    import os
+    import signal
+
+    db = f"sqlite://{tmp_path}/wb.db"
+    port = free_port()
+    wb = ("--set", "presence.subs_db_mode=2", "--set", "presence.db_update_period=100")
+    ph = Phone(port)
+    try:
+        first = ready(Server(*FORCE, *wb, "--workers", "2", "--db-url", db, port=port).start())
+        dialogs = []
+        for _ in range(6):
+            p = aor(uid("wb"))
+            r, d = ph.subscribe(p, expires=300)
+            assert r.status == 200
+            ph.expect_notify(d)
+            dialogs.append(d)
+        assert first.stop() == 0  # clean: the two-worker markers say so
+        one = Server(*FORCE, *wb, "--workers", "1", "--db-url", db, port=port).start()
+        last = {}
+        for d in dialogs:
+            assert ph.subscribe(d.remote_uri, expires=300, dialog=d)[0].status == 200
+            last[d.call_id] = ph.expect_notify(d).cseq.seq
+        os.kill(one.proc.pid, signal.SIGKILL)  # nothing of the refreshes reached the database
+        one.proc.wait(5)
+        again = ready(Server(*FORCE, *wb, "--workers", "2", "--db-url", db, port=port).start())
+        try:
+            for d in dialogs:
+                assert ph.subscribe(d.remote_uri, expires=300, dialog=d)[0].status == 200
+                seq = ph.expect_notify(d).cseq.seq
+                assert seq > last[d.call_id], (seq, last[d.call_id])
+        finally:
+            again.stop()
+    finally:
+        ph.close()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from typing import Any, Callable
 
@@ -234,7 +235,28 @@ def _subscription_from_row(engine: PresenceEngine, r: ActiveWatcherRow, ext: Sub
 WRITE_TIMEOUT = 3.0      # seconds a transaction may take before it counts as failed (retried later)
 CLEAN_TIMEOUT = 30.0     # the expired-rows sweep
 RETRY_MAX = 30.0         # longest back-off between retries while the database is unreachable
-CLEAN_STOP = "writeback-clean-stop"  # marker: "1" after a stop that flushed everything
+CLEAN_STOP = "writeback-clean-stop"  # marker: "1:<run>" after a stop that flushed everything
+RUN_MARKER = "writeback-run"         # "<workers>:<run>" of the run that started last ...
+PREV_RUN_MARKER = "writeback-run-prev"  # ... and of the one before it
+RUN_ENV = "PRESENCED_RUN"            # one id shared by every worker of a run (set by the supervisor)
+
+
+def start_run() -> None:
+    """The supervisor, before forking: its workers share this run's id."""
+    os.environ[RUN_ENV] = f"{time.time_ns()}-{os.getpid()}"
+
+
+def run_id() -> str:
+    """This run's id: the supervisor's for its workers (its pid ends the id),
+    a new one for anything else (every start of a single-process server)."""
+    rid = os.environ.get(RUN_ENV, "")
+    if rid and rid.rpartition("-")[2] == str(os.getppid()):
+        return rid
+    return f"{time.time_ns()}-{os.getpid()}"
+
+
+def marker_name(workers: int, index: int) -> str:
+    return CLEAN_STOP if workers <= 1 else f"{CLEAN_STOP}.{index}of{workers}"
 # Write-back, after a crash: NOTIFY CSeqs and body versions restart this far
 # past the stored ones (a dialog's row is written early once it is
 # core.journal.HURRY_AFTER NOTIFYs ahead, so this covers what a crash loses).
@@ -303,6 +325,8 @@ class Persistence:
         # owns, keeps its own clean-stop marker, and one of them deletes expired rows.
         self.owns: Callable[[str], bool] | None = None
         self.marker = CLEAN_STOP
+        self.workers = 1  # how many workers this run has (the marker names say it too)
+        self.run = run_id()
         self.cleaner = True
 
     @property
@@ -334,8 +358,7 @@ class Persistence:
         # A clean stop flushed everything and says so; then nothing is skipped.
         bump = 0
         if self.subs_db_mode == 2:
-            bump = 0 if await self.store.get_marker(self.marker) == "1" else CSEQ_SKIP_AFTER_CRASH
-            await self.store.set_marker(self.marker, "0")
+            bump = 0 if await self._clean_since_last_run() else CSEQ_SKIP_AFTER_CRASH
         if self.persist_subscriptions:
             async for page in self.store.page_active_watchers(wall_now, self.fetch_rows):
                 n_sub += restore_subscriptions(self.engine, page, now, bump, owns)
@@ -573,6 +596,41 @@ class Persistence:
             except Exception as e:
                 log.warning("cleaning expired rows in %s failed: %s", self.store.url, str(e) or type(e).__name__)
 
+    async def _clean_since_last_run(self) -> bool:
+        """Did every worker of the run before this one stop cleanly (write-back)?
+
+        Each worker keeps its own marker, named after the worker count, so a
+        run with another count must be judged by that run's markers, not by
+        what this count's markers said long ago (a crash in between would be
+        missed and CSeqs reused). The run markers say which run came last;
+        workers of one run write the same values, so their order is free."""
+        store, me = self.store, self.run
+        cur = await store.get_marker(RUN_MARKER)
+        if cur is None:  # a database from before run markers: this count's marker alone
+            own = await store.get_marker(self.marker)
+            clean = own is not None and own.startswith("1")
+        elif cur.endswith(":" + me):
+            # another worker of this run started first (it moved `cur` to `prev`),
+            # or this worker restarts after dying in this run
+            own = await store.get_marker(self.marker)
+            prev = await store.get_marker(PREV_RUN_MARKER)
+            clean = own != "0:" + me and prev is not None and await self._run_stopped_cleanly(prev)
+        else:
+            clean = await self._run_stopped_cleanly(cur)
+            await store.set_marker(PREV_RUN_MARKER, cur)  # before RUN_MARKER: see above
+        await store.set_marker(RUN_MARKER, f"{self.workers}:{me}")
+        await store.set_marker(self.marker, "0:" + me)
+        return clean
+
+    async def _run_stopped_cleanly(self, run: str) -> bool:
+        count, _, rid = run.partition(":")
+        if not count.isdigit() or not rid:
+            return False
+        for i in range(int(count)):
+            if await self.store.get_marker(marker_name(int(count), i)) != "1:" + rid:
+                return False
+        return True
+
     async def stop(self) -> None:
         self._stopping = True
         for t in self._tasks:
@@ -588,7 +646,7 @@ class Persistence:
                           self.store.url, "the outage began" if self.outage_since else "the last commit")
             elif self.subs_db_mode == 2:
                 try:
-                    await bounded(self.store.set_marker(self.marker, "1"), self.write_timeout)
+                    await bounded(self.store.set_marker(self.marker, "1:" + self.run), self.write_timeout)
                 except Exception as e:
                     log.warning("storage %s: could not record the clean stop (%s); the next start "
                                 "will skip 100 CSeqs", self.store.url, str(e) or type(e).__name__)

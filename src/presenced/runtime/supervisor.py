@@ -146,6 +146,9 @@ class Supervisor:
         self._signals.append(signum)
 
     def run(self) -> int:
+        from presenced.runtime.persistence import start_run
+
+        start_run()  # in the environment the workers inherit: one id for the whole run
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, self._on_signal)
         for i in range(self.workers):
