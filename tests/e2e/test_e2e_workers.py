@@ -308,6 +308,7 @@ def test_write_back_crash_under_another_worker_count_still_skips_cseqs(tmp_path)
         for d in dialogs:
             assert ph.subscribe(d.remote_uri, expires=300, dialog=d)[0].status == 200
             last[d.call_id] = ph.expect_notify(d).cseq.seq
+            assert last[d.call_id] == 2  # after a clean stop the CSeqs simply continue
         os.kill(one.proc.pid, signal.SIGKILL)  # nothing of the refreshes reached the database
         one.proc.wait(5)
         again = ready(Server(*FORCE, *wb, "--workers", "2", "--db-url", db, port=port).start())
