@@ -129,10 +129,11 @@ def build_batch(j: Journal, wall: float) -> Batch:
 # ---------------------------------------------------------------- from rows
 def restore_publications(engine: PresenceEngine, rows: list[PresentityRow], now: float,
                          owns: Callable[[str], bool] | None = None,
-                         expired: set[tuple[str, str]] | None = None) -> int:
+                         expired: dict[tuple[str, str], list[str]] | None = None) -> int:
     """Load stored rows into the engine (no NOTIFYs, nothing journaled); returns how many were live.
     `owns` (several workers): only presentities this worker owns. `expired`
-    collects (presentity, event) of rows whose publication expired meanwhile."""
+    collects the ETags of rows whose publication expired meanwhile, by
+    (presentity, event)."""
     n = 0
     for r in rows:
         pub = publication_from_row(engine, r, now)
@@ -141,7 +142,7 @@ def restore_publications(engine: PresenceEngine, rows: list[PresentityRow], now:
                 pkg = engine.registry.get(r.event)
                 aor = join_aor(r.username, r.domain)
                 if pkg is not None and (owns is None or owns(aor)):
-                    expired.add((aor, pkg.key))
+                    expired.setdefault((aor, pkg.key), []).append(r.etag)
         elif owns is None or owns(pub.pres_uri):
             engine.adopt_publication(pub)
             n += 1
@@ -318,7 +319,7 @@ class Persistence:
         self.early_writes = 0  # write-back flushes a busy dialog asked for (write_early)
         # (presentity, event) whose stored publications expired while the server
         # was down: their restored watchers get a NOTIFY once SIP is up
-        self.expired_while_down: set[tuple[str, str]] = set()
+        self.expired_while_down: dict[tuple[str, str], list[str]] = {}
         self._early: asyncio.Task | None = None
         self._stopping = False
         # Several workers (runtime/workers.py): each restores the presentities it
@@ -562,8 +563,13 @@ class Persistence:
         """NOTIFY the watchers of presentities whose publications expired while
         the server was down (at run time each publication's own timer does it).
         Returns how many presentities had some."""
-        keys, self.expired_while_down = self.expired_while_down, set()
-        for pres, event in keys:
+        keys, self.expired_while_down = self.expired_while_down, {}
+        journal = self.engine.journal
+        for (pres, event), etags in keys.items():
+            if journal is not None:
+                # the rows go with the next write: the next start does not tell again
+                for etag in etags:
+                    journal.pub_deleted(etag, pres, event)
             self.engine.state_changed(pres, event, now)
         return len(keys)
 
