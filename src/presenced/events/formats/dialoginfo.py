@@ -109,18 +109,24 @@ def _new_document(entity: str, roots: list[etree._Element]) -> etree._Element:
     return out
 
 
+def _both_roots(old: bytes, new: bytes) -> tuple[etree._Element, etree._Element] | None:
+    """A modified publication's old and new documents, or None if either is unusable."""
+    try:
+        return _parse_root(old), _parse_root(new)
+    except BodyError:
+        return None
+
+
 def keep_terminated(old: bytes, new: bytes) -> bytes:
     """`new` with every dialog that `old` had as terminated kept terminated.
 
     A publisher that modifies its publication with an earlier state for a
     dialog id it already reported terminated (a reused id, a stale document)
     would otherwise make watchers see a finished call ring again."""
-    if b"terminated" not in old:
+    roots = _both_roots(old, new) if b"terminated" in old else None
+    if roots is None:
         return new
-    try:
-        old_root, new_root_ = _parse_root(old), _parse_root(new)
-    except BodyError:
-        return new
+    old_root, new_root_ = roots
     ended = {(d.get("id") or "").strip(): d for d in old_root.iter(_DIALOG) if _dialog_state(d) == "terminated"}
     ended.pop("", None)
     changed = False
@@ -142,12 +148,10 @@ def merge_partial(old: bytes, new: bytes) -> bytes:
     RFC 4235 §4.1: a partial document lists only the dialogs that changed, so
     the dialogs of `old` that `new` does not name stay; the result is full
     state. A full `new` (the usual case) replaces `old` as it is."""
-    if b"partial" not in new:
+    roots = _both_roots(old, new) if b"partial" in new else None
+    if roots is None:
         return new
-    try:
-        old_root, new_root_ = _parse_root(old), _parse_root(new)
-    except BodyError:
-        return new
+    old_root, new_root_ = roots
     if new_root_.get("state") != "partial":
         return new
     named = {(d.get("id") or "").strip() for d in new_root_.iterchildren(_DIALOG)}
