@@ -26,10 +26,10 @@ class Binding:
     q: str | None
     registered_at: float
     id: str
+    key: str                   # what a later REGISTER matches it by (see _binding_key)
+    instance: str | None       # +sip.instance (and reg-id), echoed in the 200
     timer: object = None
     event: str = "registered"  # RFC 3680 contact event of its last change: registered or refreshed
-    key: str = ""              # what a later REGISTER matches it by (see _binding_key)
-    instance: str | None = None  # +sip.instance (and reg-id), echoed in the 200
 
 
 def _binding_key(uri_raw: str, params: dict[str, str | None]) -> tuple[str, str | None]:
@@ -148,7 +148,7 @@ class Registrar:
 
     def _expired(self, now: float, b: Binding) -> None:
         cur = self.bindings.get(b.aor, {})
-        if cur.get(b.key or b.contact) is b:
+        if cur.get(b.key) is b:
             self._drop(b.aor, b)
             if self.on_change is not None:
                 self.on_change(b.aor, now, [(b, "expired")])
@@ -156,7 +156,7 @@ class Registrar:
     def _drop(self, aor: str, b: Binding) -> None:
         cur = self.bindings.get(aor)
         if cur is not None:
-            cur.pop(b.key or b.contact, None)
+            cur.pop(b.key, None)
             if not cur:
                 self.bindings.pop(aor, None)
         if b.timer is not None:

@@ -56,8 +56,9 @@ def _credentials(row: Any) -> Any:
 # dialogs/s this is ~40,000 small entries.
 MERGE_WINDOW = 8.0
 
-# Headers a response to an unparsable request copies (long and compact names).
+# Methods whose server transaction a CANCEL may name (answered 405 or not).
 _CANCELLABLE = ("SUBSCRIBE", "PUBLISH", "REGISTER", "OPTIONS", "NOTIFY", "MESSAGE", "INFO", "UPDATE", "REFER")
+# Headers a response to an unparsable request copies (long and compact names).
 _ANSWER_COPIES = frozenset((b"via", b"v", b"from", b"f", b"to", b"t", b"call-id", b"i", b"cseq"))
 
 

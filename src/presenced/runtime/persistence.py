@@ -325,8 +325,8 @@ class Persistence:
         # Several workers (runtime/workers.py): each restores the presentities it
         # owns, keeps its own clean-stop marker, and one of them deletes expired rows.
         self.owns: Callable[[str], bool] | None = None
-        self.marker = CLEAN_STOP
-        self.workers = 1  # how many workers this run has (the marker names say it too)
+        self.workers = 1  # how many workers this run has, and which one this is
+        self.index = 0
         self.run = run_id()
         self.cleaner = True
 
@@ -601,6 +601,11 @@ class Persistence:
                 await bounded(self.store.delete_expired(int(time.time())), CLEAN_TIMEOUT)
             except Exception as e:
                 log.warning("cleaning expired rows in %s failed: %s", self.store.url, str(e) or type(e).__name__)
+
+    @property
+    def marker(self) -> str:
+        """This worker's clean-stop marker."""
+        return marker_name(self.workers, self.index)
 
     async def _clean_since_last_run(self) -> bool:
         """Did every worker of the run before this one stop cleanly (write-back)?

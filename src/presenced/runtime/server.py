@@ -543,10 +543,14 @@ class Server:
         if self._sync_queue is not None and needs_sync(data) and self._queue_for_sync(data, source, local):
             return
         self.core.receive(data, source, local, self.loop.time(), stream=source.transport in FRAMED, parsed=parsed)
+        self._flush_after_pass()
+
+    def _flush_after_pass(self) -> None:
+        """What the messages of this loop pass produced leaves after every
+        datagram the pass read has been handled (call_soon runs after them):
+        a burst's answers go out together, not between its requests."""
         if not self._flush_soon:
-            # What this message produced leaves after every datagram the loop
-            # read in this pass has been handled (call_soon runs after them):
-            # a burst's answers go out together, not between its requests.
+            assert self.loop is not None
             self._flush_soon = True
             self.loop.call_soon(self._flush_burst)
 
@@ -574,7 +578,7 @@ class Server:
         now = self.loop.time()
         if self._sync_queue.qsize() * self._sync_cost > SYNC_ADMIT:
             self.core.refuse_overloaded(req, source, now, SYNC_RETRY_AFTER)
-            self._flush()
+            self._flush_after_pass()  # an overload arrives in bursts: refuse them in one batch
             return True
         self._sync_keys.add(key)
         self._sync_queue.put_nowait((req, key, data, source, local, now))

@@ -41,7 +41,6 @@ from typing import Any, Callable
 from presenced.api.gather import WorkerRpc, merge_metrics
 from presenced.api.rpc import INTERNAL_ERROR, RpcError, RpcService
 from presenced.core.partition import Partitioner, branch_mark
-from presenced.runtime.persistence import marker_name
 from presenced.runtime.server import FRAMED, PROTOCOLS, Server
 from presenced.sip import tokens
 from presenced.sip.errors import SipParseError
@@ -246,8 +245,7 @@ class WorkerServer(Server):
     def _make_persistence(self, cls: Any, store: Any) -> Any:
         p = super()._make_persistence(cls, store)
         p.owns = self.owns
-        p.marker = marker_name(self.workers, self.index)
-        p.workers = self.workers
+        p.workers, p.index = self.workers, self.index
         p.cleaner = self.index == 0  # one worker deletes expired rows
         return p
 
